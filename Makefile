@@ -1,0 +1,31 @@
+# peftlab: `make demo` (set-up + the main job) and `make test` (set-up + the tests) on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PEFTLAB_DATA ?= $(abspath ../shared/data)
+export PEFTLAB_DATA
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# torch + torchvision first (pip takes them from this machine's local wheel store),
+# then everything else under the verified version pins.
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -c requirements/lock.txt torchaudio==2.11.0 -e '.[all]'
+	$(PY) -c "import peftlab, peftlab_protein, torchvision, torchaudio, timm; print('peftlab', peftlab.__version__, 'installed')"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/python domains/peftlab_protein/recipes/finetune.py --config configs/protein/esm2_tiny.yaml --config configs/methods/lora.yaml --config configs/protein/synthetic_motif.yaml
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(VENV)/bin/python benchmarks/protein_method_cost.py
+
+clean:
+	rm -rf $(VENV) lightning_logs runs build dist

@@ -1,0 +1,160 @@
+"""ESM-2 backbones through fair-esm.
+
+Every published ESM-2 size is available by name. ``pretrained: true`` loads the
+real weights through fair-esm: from a local ``.pt`` (``checkpoint_path``, via
+fair-esm's local loader, which also opens ``<stem>-contact-regression.pt``
+beside it) or by name through fair-esm's hub download (``torch.hub``'s cache
+is used first, so a file already in ``$TORCH_HOME/hub/checkpoints`` loads
+offline). Without ``pretrained`` the same architecture is built with random
+weights; ``num_layers`` / ``embed_dim`` / ``attention_heads`` shrink it for
+offline work. Random-init backbones are for testing the pipeline, not for
+results.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import esm
+import torch
+from torch import Tensor, nn
+
+from peftlab.backbone import Backbone
+
+# name -> (layers, embed_dim, attention heads), as published by fair-esm
+ESM2_SIZES: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+ESM_ALPHABET = "ESM-1b"  # fair-esm's name for the alphabet that every ESM-2 uses
+
+
+def esm_alphabet() -> esm.data.Alphabet:
+    return esm.data.Alphabet.from_architecture(ESM_ALPHABET)
+
+
+def _load_fair_esm(name: str, checkpoint_path: str | None) -> esm.model.esm2.ESM2:
+    """Load real ESM-2 weights through fair-esm's own loaders.
+
+    Real ESM-2 files keep an ``argparse.Namespace`` in their ``cfg``, which
+    ``torch.load``'s safe (weights-only) mode refuses; we allow exactly that
+    class instead of turning the safe mode off.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        if checkpoint_path is not None:
+            path = Path(checkpoint_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"ESM-2 checkpoint {path} does not exist")
+            if not path.stem.startswith("esm2"):
+                raise ValueError(f"{path}: fair-esm picks the architecture from the file name; keep the published "
+                                 f"name (e.g. esm2_t33_650M_UR50D.pt)")
+            regression = path.with_name(path.stem + "-contact-regression.pt")
+            if not regression.is_file():
+                raise FileNotFoundError(f"{path}: fair-esm also needs {regression.name} beside it")
+            model, _ = esm.pretrained.load_model_and_alphabet_local(str(path))
+        else:
+            if name not in ESM2_SIZES:
+                raise ValueError(f"unknown ESM-2 model {name!r}; published sizes: {', '.join(ESM2_SIZES)}")
+            model, _ = esm.pretrained.load_model_and_alphabet(name)
+    return model
+
+
+class ESM2Backbone(Backbone):
+    """ESM-2 (Lin et al. 2023) as a peftlab backbone.
+
+    Args:
+        name: a published ESM-2 name (``esm2_t6_8M_UR50D`` ... ``esm2_t48_15B_UR50D``).
+        pretrained: load the real weights (hub by name, or ``checkpoint_path``).
+        checkpoint_path: a local fair-esm ``.pt`` file (implies ``pretrained``).
+        num_layers / embed_dim / attention_heads: override the size of a
+            random-init model (offline tests and demos).
+        token_dropout: ESM-2's token-dropout rescaling (on in the published models).
+        seed: seed of the random initialisation.
+
+    Batch input: ``tokens`` ``[B, T]`` in the ESM alphabet, BOS first, EOS last,
+    padding after. Content tokens are the residues (not BOS, EOS or padding).
+    """
+
+    seq_dim = 0  # fair-esm blocks take [T, B, D]
+    num_prefix_tokens = 1  # BOS
+    blocks_path = "model.layers"
+    target_presets = {
+        "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
+        "qv": ("self_attn.q_proj", "self_attn.v_proj"),
+        "kv": ("self_attn.k_proj", "self_attn.v_proj"),
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "mlp": ("fc1", "fc2"),
+        "attention+mlp": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                          "fc1", "fc2"),
+        "all-linear": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                       "fc1", "fc2"),
+        "ia3": ("self_attn.k_proj", "self_attn.v_proj", "fc2"),
+        "mlp_out": ("fc2",),
+    }
+    adapter_sites = {"attention_out": "self_attn.out_proj", "mlp_in": "fc1", "mlp_out": "fc2"}
+
+    def __init__(self, name: str = "esm2_t6_8M_UR50D", pretrained: bool = False, checkpoint_path: str | None = None,
+                 num_layers: int | None = None, embed_dim: int | None = None, attention_heads: int | None = None,
+                 token_dropout: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                              num_layers=num_layers, embed_dim=embed_dim, attention_heads=attention_heads,
+                              token_dropout=token_dropout, seed=seed)
+        if pretrained or checkpoint_path is not None:
+            if any(v is not None for v in (num_layers, embed_dim, attention_heads)):
+                raise ValueError("num_layers/embed_dim/attention_heads only apply to random-init models "
+                                 "(pretrained weights fix the size)")
+            model = _load_fair_esm(name, checkpoint_path)
+            self.source = f"fair-esm {'file ' + str(checkpoint_path) if checkpoint_path else 'hub ' + name}"
+        else:
+            if name not in ESM2_SIZES:
+                raise ValueError(f"unknown ESM-2 model {name!r}; published sizes: {', '.join(ESM2_SIZES)}")
+            layers, dim, heads = ESM2_SIZES[name]
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = esm.model.esm2.ESM2(num_layers=num_layers or layers, embed_dim=embed_dim or dim,
+                                            attention_heads=attention_heads or heads, alphabet=ESM_ALPHABET,
+                                            token_dropout=token_dropout)
+            self.source = f"random init (seed {seed})"
+        # Features come from the encoder; the language-model and contact heads are not used.
+        del model.lm_head, model.contact_head
+        self.model = model
+        self.embed_dim = model.embed_dim
+        self.alphabet = model.alphabet
+
+    def config(self) -> dict[str, Any]:
+        return {"num_layers": self.model.num_layers, "embed_dim": self.model.embed_dim,
+                "attention_heads": self.model.attention_heads, "token_dropout": self.model.token_dropout,
+                "source": "pretrained" if self.init_args["pretrained"] or self.init_args["checkpoint_path"]
+                else "random"}
+
+    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        # the same steps as esm.model.esm2.ESM2.forward up to the first layer
+        m, tokens = self.model, batch["tokens"]
+        padding = tokens.eq(m.padding_idx)
+        x = m.embed_scale * m.embed_tokens(tokens)
+        if m.token_dropout:
+            is_mask = (tokens == m.mask_idx).unsqueeze(-1)
+            x = x.masked_fill(is_mask, 0.0)
+            mask_ratio_train = 0.15 * 0.8
+            lengths = (~padding).sum(-1)
+            observed = (tokens == m.mask_idx).sum(-1).to(x.dtype) / lengths
+            x = x * (1 - mask_ratio_train) / (1 - observed)[:, None, None]
+        x = x * (1 - padding.unsqueeze(-1).type_as(x))
+        content = ~padding & tokens.ne(m.cls_idx) & tokens.ne(m.eos_idx)
+        return x.transpose(0, 1), ~padding, content
+
+    def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
+        padding = ~attn_mask
+        x, _ = block(x, self_attn_padding_mask=padding if padding.any() else None)
+        return x
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return self.model.emb_layer_norm_after(x)

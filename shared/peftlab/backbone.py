@@ -1,0 +1,213 @@
+"""The Backbone contract that every domain implements.
+
+A backbone maps a domain batch (a dict) to :class:`Features`. It also declares
+what PEFT methods need to know about it, so that no method ever hard-codes a
+backbone's module names:
+
+* ``embed_dim``: width of the token states.
+* ``blocks``: its transformer blocks (an ``nn.ModuleList``), found at
+  ``blocks_path``.
+* ``seq_dim``: where tokens sit in the state that flows between blocks
+  (1 for batch-first ``[B, T, D]``, 0 for time-first ``[T, B, D]`` such as
+  fair-esm).
+* ``num_prefix_tokens``: summary tokens at the start (class token, BOS) that
+  inserted tokens (prompts) go after.
+* ``target_presets``: named groups of block-relative module names
+  (``attention``, ``attention+mlp``, ``all-linear``, ``mlp``, ...).
+* ``adapter_sites``: block-relative names of the attention output projection
+  and the MLP input / output layers, where bottleneck adapters attach.
+
+A backbone implements ``embed``, ``run_block`` and (optionally)
+``final_norm``; the shared ``forward`` here runs the blocks, gives token hooks
+(prompt tuning) their turn before each block, strips the tokens they inserted
+and collects per-layer states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Features:
+    """What a backbone returns.
+
+    hidden: ``[B, T, D]`` final token states (batch-first, after the final norm).
+    mask: ``[B, T]`` bool, True where a token is content (pooled and labelled);
+        False for padding and special tokens.
+    cls: ``[B, D]`` the summary token's final state (class token, BOS), or None.
+    layers: per-layer states ``[B, T, D]`` (embeddings, then each block's
+        output), only when asked for.
+    """
+
+    hidden: Tensor
+    mask: Tensor
+    cls: Tensor | None = None
+    layers: list[Tensor] | None = None
+
+
+class TokenHook(nn.Module):
+    """A module that may insert or rewrite tokens before each block.
+
+    Tokens are inserted right after the backbone's prefix tokens; the backbone
+    counts how many were inserted and strips them from its outputs, so that
+    outputs stay aligned with the inputs.
+    """
+
+    def forward(self, block_index: int, x: Tensor, attn_mask: Tensor, backbone: "Backbone") -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone (see the module docstring for the contract)."""
+
+    embed_dim: int
+    blocks_path: str = "blocks"
+    seq_dim: int = 1
+    num_prefix_tokens: int = 0
+    target_presets: dict[str, tuple[str, ...]] = {}
+    adapter_sites: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_hooks = nn.ModuleDict()
+        self.init_args: dict[str, Any] = {}
+
+    # ---- what a backbone implements ------------------------------------------------
+    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(x, attn_mask, content_mask)``: the states entering block 0 in
+        this backbone's layout, ``[B, T]`` True where a token may be attended to,
+        and ``[B, T]`` True where a token is content."""
+        raise NotImplementedError
+
+    def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return x
+
+    def config(self) -> dict[str, Any]:
+        """Architecture facts that identify this backbone (sizes, source)."""
+        return {}
+
+    # ---- shared behaviour -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.init_args.get("name", type(self).__name__))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.get_submodule(self.blocks_path)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def spec(self) -> dict[str, Any]:
+        """``class_path`` + ``init_args``: enough to build this backbone again."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.init_args)}
+
+    def identity(self) -> dict[str, Any]:
+        """Name, architecture and a fingerprint of the weights: what an adapter was trained on."""
+        return {"class_path": self.spec()["class_path"], "name": self.name, "config": self.config(),
+                "fingerprint": weights_fingerprint(self)}
+
+    def _to_batch_first(self, x: Tensor) -> Tensor:
+        return x.transpose(0, 1) if self.seq_dim == 0 else x
+
+    def _strip_inserted(self, x: Tensor, n: int) -> Tensor:
+        """Drop the ``n`` tokens that hooks inserted after the prefix tokens."""
+        if n == 0:
+            return x
+        p = self.num_prefix_tokens
+        keep = torch.cat([torch.arange(p), torch.arange(p + n, x.shape[self.seq_dim])]).to(x.device)
+        return x.index_select(self.seq_dim, keep)
+
+    def forward(self, batch: dict[str, Any], output_layers: bool = False) -> Features:
+        x, attn_mask, content_mask = self.embed(batch)
+        layers = [self._to_batch_first(x)] if output_layers else None
+        inserted = 0
+        for i, block in enumerate(self.blocks):
+            for hook in self.token_hooks.values():
+                before = x.shape[self.seq_dim]
+                x, attn_mask = hook(i, x, attn_mask, self)
+                inserted += x.shape[self.seq_dim] - before
+            x = self.run_block(block, x, attn_mask)
+            if layers is not None:
+                layers.append(self._to_batch_first(self._strip_inserted(x, inserted)))
+        hidden = self._to_batch_first(self.final_norm(self._strip_inserted(x, inserted)))
+        cls = hidden[:, 0] if self.num_prefix_tokens > 0 else None
+        return Features(hidden=hidden, mask=content_mask, cls=cls, layers=layers)
+
+
+# ---- targets: presets and layer subsets -> module names --------------------------------
+
+def select_layers(num_blocks: int, layers: list[int] | str | None) -> list[int]:
+    """Block indices from ``None`` (all), a list (negative counts from the end),
+    or ``"last:N"`` / ``"first:N"``."""
+    if layers is None:
+        return list(range(num_blocks))
+    if isinstance(layers, str):
+        m = re.fullmatch(r"(last|first):(\d+)", layers.strip())
+        if not m:
+            raise ValueError(f"layers must be a list of block indices, 'last:N' or 'first:N', got {layers!r}")
+        n = int(m.group(2))
+        if not 1 <= n <= num_blocks:
+            raise ValueError(f"layers={layers!r}: the backbone has {num_blocks} blocks")
+        return list(range(num_blocks - n, num_blocks)) if m.group(1) == "last" else list(range(n))
+    out = []
+    for i in layers:
+        j = i + num_blocks if i < 0 else i
+        if not 0 <= j < num_blocks:
+            raise ValueError(f"layer {i} is out of range: the backbone has {num_blocks} blocks")
+        out.append(j)
+    return sorted(set(out))
+
+
+def resolve_targets(backbone: Backbone, targets: str | list[str], layers: list[int] | str | None = None) -> list[str]:
+    """Full module names (relative to ``backbone``) for a preset or a list of
+    block-relative names, restricted to the chosen blocks."""
+    if isinstance(targets, str):
+        if targets not in backbone.target_presets:
+            raise ValueError(f"{type(backbone).__name__} has no target preset {targets!r}; "
+                             f"presets: {', '.join(sorted(backbone.target_presets))}, or give a list of "
+                             f"block-relative module names")
+        suffixes = list(backbone.target_presets[targets])
+    else:
+        suffixes = list(targets)
+    names = []
+    for i in select_layers(backbone.num_blocks, layers):
+        block = backbone.blocks[i]
+        block_modules = dict(block.named_modules())
+        for suffix in suffixes:
+            if suffix not in block_modules:
+                known = sorted(n for n, m in block.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d)))
+                raise ValueError(f"block {i} of {type(backbone).__name__} has no module {suffix!r}; "
+                                 f"its linear layers are: {', '.join(known)}")
+            names.append(f"{backbone.blocks_path}.{i}.{suffix}")
+    return names
+
+
+def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
+    """A cheap, order-sensitive hash of a module's parameters.
+
+    Hashing every byte of a 15B-parameter model takes minutes, so this hashes
+    names, shapes and dtypes and ``samples`` evenly spaced values of each
+    tensor: enough to tell two different weight sets apart (another seed, other
+    pretrained weights), not a cryptographic guarantee.
+    """
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // samples)
+        picked = flat[::step][:samples].to(torch.float64).cpu().numpy()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(picked.round(6).tobytes())
+    return h.hexdigest()[:16]

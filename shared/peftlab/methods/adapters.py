@@ -1,0 +1,116 @@
+"""Bottleneck adapters, written once against the Backbone contract.
+
+peft has no bottleneck adapters for non-HF models (AdapterHub's ``adapters``
+package only wraps HF transformers classes), so they live here. An adapter is
+a child module of the layer it follows (``<site>.adapter``) and runs through a
+forward hook, so the backbone's own weights keep their names and the module
+tree is otherwise untouched.
+
+Placements:
+
+* ``houlsby`` (Houlsby et al. 2019): after the attention output projection and
+  after the MLP output, each before the residual add.
+* ``pfeiffer`` (Pfeiffer et al. 2021): after the MLP output only.
+* ``parallel`` (He et al. 2022; AdaptFormer's form): beside the MLP, reading the
+  MLP input and adding ``scale * adapter(input)`` to the MLP output.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from peftlab.backbone import Backbone, select_layers
+from peftlab.methods.base import Method, freeze, register_method
+
+PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
+
+
+class Bottleneck(nn.Module):
+    """``x -> up(act(down(x))) * scale``; ``up`` starts at zero so the adapted
+    model starts exactly at the frozen one."""
+
+    def __init__(self, dim: int, bottleneck: int, activation: str = "gelu", scale: float = 1.0) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = {"gelu": nn.GELU(), "relu": nn.ReLU(), "tanh": nn.Tanh()}[activation]
+        self.up = nn.Linear(bottleneck, dim)
+        self.scale = scale
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.stashed_input: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.act(self.down(x))) * self.scale
+
+
+def _add_adapter_to_output(module: nn.Module, inputs, output: Tensor) -> Tensor:
+    return output + module.adapter(output)
+
+
+def _stash_input(adapter: Bottleneck, module: nn.Module, inputs) -> None:
+    adapter.stashed_input = inputs[0]
+
+
+def _add_parallel_adapter(module: nn.Module, inputs, output: Tensor) -> Tensor:
+    adapter = module.adapter
+    x, adapter.stashed_input = adapter.stashed_input, None
+    if x is None:
+        raise RuntimeError("parallel adapter: the MLP input was not seen before its output")
+    return output + adapter(x)
+
+
+def _site_width(site: nn.Module, which: str) -> int:
+    weight = getattr(site, "weight", None)
+    if weight is None or weight.ndim != 2:
+        raise ValueError(f"adapter site {site.__class__.__name__} is not a linear layer")
+    return weight.shape[0] if which == "out" else weight.shape[1]
+
+
+@register_method("adapter")
+class Adapter(Method):
+    """Bottleneck adapters.
+
+    Args:
+        placement: ``houlsby``, ``pfeiffer`` or ``parallel``.
+        bottleneck: hidden width of each adapter.
+        activation: ``gelu``, ``relu`` or ``tanh``.
+        scale: output multiplier (AdaptFormer uses 0.1 for the parallel form).
+        layers: blocks that get adapters (``None`` = all).
+    """
+
+    def __init__(self, placement: str = "houlsby", bottleneck: int = 64, activation: str = "gelu",
+                 scale: float = 1.0, layers: list[int] | str | None = None) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"adapter placement must be one of {PLACEMENTS}, got {placement!r}")
+        self.placement, self.bottleneck, self.activation = placement, bottleneck, activation
+        self.scale, self.layers = scale, layers
+
+    def _site(self, backbone: Backbone, block: nn.Module, key: str) -> nn.Module:
+        if key not in backbone.adapter_sites:
+            raise ValueError(f"{type(backbone).__name__} declares no {key!r} adapter site, "
+                             f"so {self.placement} adapters cannot attach to it")
+        return block.get_submodule(backbone.adapter_sites[key])
+
+    def apply(self, backbone: Backbone) -> None:
+        freeze(backbone)
+        for i in select_layers(backbone.num_blocks, self.layers):
+            block = backbone.blocks[i]
+            if self.placement == "parallel":
+                mlp_in, mlp_out = self._site(backbone, block, "mlp_in"), self._site(backbone, block, "mlp_out")
+                adapter = Bottleneck(_site_width(mlp_in, "in"), self.bottleneck, self.activation, self.scale)
+                mlp_out.add_module("adapter", adapter)
+                mlp_in.register_forward_pre_hook(partial(_stash_input, adapter))
+                mlp_out.register_forward_hook(_add_parallel_adapter)
+                continue
+            keys = ["attention_out", "mlp_out"] if self.placement == "houlsby" else ["mlp_out"]
+            for key in keys:
+                site = self._site(backbone, block, key)
+                site.add_module("adapter", Bottleneck(_site_width(site, "out"), self.bottleneck,
+                                                      self.activation, self.scale))
+                site.register_forward_hook(_add_adapter_to_output)
+        # the adapters were created after freezing, so they (and only they) train
+        for name, p in backbone.named_parameters():
+            p.requires_grad_(".adapter." in f".{name}")

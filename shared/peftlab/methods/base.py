@@ -1,0 +1,74 @@
+"""The Method base class and the registry.
+
+A method is a small config object (a plain class with a typed ``__init__``, so
+that YAML and the CLI fill it through ``class_path`` / ``init_args``) with
+``apply(backbone)``: it freezes what must stay frozen and injects or unfreezes
+what trains. A method registers itself once under one name; the registry
+drives the test matrix, so a new method is tested without editing the tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+from peftlab.backbone import Backbone
+
+METHODS: dict[str, type["Method"]] = {}
+M = TypeVar("M", bound=type["Method"])
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    def add(cls: M) -> M:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__qualname__}")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return add
+
+
+def build_method(name: str, **options: Any) -> "Method":
+    """A method from its registered name and options, e.g. ``build_method("lora", r=4)``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)
+
+
+class Method:
+    """Base class of every PEFT method."""
+
+    name: str = "method"
+    #: True when ``merge`` folds the trained part into the frozen weights (no extra modules left).
+    mergeable: bool = False
+
+    def apply(self, backbone: Backbone) -> None:
+        """Freeze, inject and unfreeze in place."""
+        raise NotImplementedError
+
+    def merge(self, backbone: Backbone) -> None:
+        raise NotImplementedError(f"method {self.name!r} cannot be merged into the backbone weights")
+
+    def options(self) -> dict[str, Any]:
+        """The ``__init__`` arguments, read back from attributes of the same name."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in params if k != "self"}
+
+    def spec(self) -> dict[str, Any]:
+        cls = type(self)
+        return {"name": self.name, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.options()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({args})"
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,181 @@
+"""PeftModule: the one LightningModule for every domain, backbone and method."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from peftlab.backbone import Backbone
+from peftlab.heads import TaskHead
+from peftlab.methods import LoRA, Method, count_parameters
+from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
+
+CHECKPOINT_KEY = "peftlab"
+FORMAT_VERSION = 1
+
+
+class BackboneMismatchError(ValueError):
+    """An adapter or checkpoint was trained on another backbone than the one given."""
+
+
+def check_identity(expected: dict[str, Any], actual: dict[str, Any], source: str, force: bool = False) -> None:
+    """Refuse to put trained state onto a different backbone, unless forced."""
+    diffs = [f"{k}: trained on {expected.get(k)!r}, given {actual.get(k)!r}"
+             for k in ("class_path", "name", "config", "fingerprint") if expected.get(k) != actual.get(k)]
+    if diffs and not force:
+        raise BackboneMismatchError(f"{source} was trained on a different backbone ("
+                                    + "; ".join(diffs) + "). Load it onto the backbone it was trained on, "
+                                    "or pass force=True if you know the weights are compatible.")
+
+
+class PeftModule(L.LightningModule):
+    """Backbone + PEFT method + task head, with loss, metrics, optimiser and schedule.
+
+    Args:
+        backbone: a :class:`peftlab.backbone.Backbone` (domain package).
+        method: a PEFT method (``None`` = LoRA with its defaults).
+        task_type / num_outputs / label_names: linked from the DataModule by the CLI.
+        pooling: ``mean``, ``cls`` or ``attention`` (sequence tasks).
+        head_hidden_dim: optional hidden layer in the head.
+        head_dropout: dropout before the head's layers.
+        lr: learning rate of the backbone's trainable parameters (adapters).
+        head_lr: learning rate of the head (``None`` = ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_fraction: share of the optimiser steps spent in linear warm-up
+            before the cosine decay to zero.
+        output_layers: ask the backbone for per-layer states (for heads that use them).
+    """
+
+    def __init__(self, backbone: Backbone, method: Method | None = None, task_type: str = "regression",
+                 num_outputs: int = 1, label_names: list[str] | None = None, pooling: str = "mean",
+                 head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
+                 head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06) -> None:
+        super().__init__()
+        self.method = method if method is not None else LoRA()
+        self.backbone_identity = backbone.identity()  # before the method touches it
+        self.backbone_spec = backbone.spec()
+        self.method.apply(backbone)
+        self.backbone = backbone
+        self.head = TaskHead(backbone.embed_dim, task_type, num_outputs, pooling, head_hidden_dim, head_dropout)
+        self.task_type, self.num_outputs, self.label_names = task_type, num_outputs, label_names
+        self.lr, self.head_lr, self.weight_decay, self.warmup_fraction = lr, head_lr, weight_decay, warmup_fraction
+        self.head_config = {"task_type": task_type, "num_outputs": num_outputs, "pooling": pooling,
+                            "hidden_dim": head_hidden_dim, "dropout": head_dropout}
+        self.save_hyperparameters(ignore=["backbone", "method"])
+        metrics = build_metrics(task_type, num_outputs)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.primary_metric = PRIMARY_METRIC[task_type]
+        # only trained state is checkpointed; loading checks what is missing itself
+        self.strict_loading = False
+
+    # ---- parameters ------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Every parameter that trains (head included), by its name in this module."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_summary(self) -> dict[str, float]:
+        backbone_total = count_parameters(self.backbone)
+        trainable = count_parameters(self, trainable_only=True)
+        return {"trainable_params": trainable, "total_params": count_parameters(self),
+                "backbone_params": backbone_total,
+                "backbone_trainable_params": count_parameters(self.backbone, trainable_only=True),
+                "trainable_share": trainable / max(1, count_parameters(self))}
+
+    # ---- forward and steps ---------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        return self.head(self.backbone(batch))
+
+    def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        return loss_and_predictions(self.task_type, self(batch), batch["labels"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, preds, target = self._step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.val_metrics.update(preds, target)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, preds, target = self._step(batch)
+        self.log("test/loss", loss, batch_size=len(batch["ids"]))
+        self.test_metrics.update(preds, target)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        logits = self(batch)
+        if self.task_type in ("binary", "multilabel"):
+            scores = logits.float().sigmoid()
+        elif self.task_type in ("multiclass", "token_classification"):
+            scores = logits.float().softmax(-1)
+        else:
+            scores = logits.float()
+        out = {"ids": batch["ids"], "scores": scores}
+        if self.task_type == "token_classification":
+            out["mask"] = batch["labels"] != -100 if "labels" in batch else None
+        return out
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        body = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": self.head_lr or self.lr, "name": "head"}]
+        if body:
+            groups.append({"params": body, "lr": self.lr, "name": "backbone"})
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        warmup = int(total * self.warmup_fraction)
+
+        def warmup_cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        s = self.parameter_summary()
+        self.print(f"peftlab: method {self.method!r} on {self.backbone.name}: "
+                   f"{s['trainable_params']:,} trainable of {s['total_params']:,} parameters "
+                   f"({100 * s['trainable_share']:.3f}%)")
+        if self.logger is not None:
+            self.logger.log_hyperparams({k: v for k, v in s.items()})
+
+    # ---- checkpoints: trained state only -------------------------------------------------
+    def run_metadata(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "method": self.method.spec(), "backbone": self.backbone_spec,
+                "backbone_identity": self.backbone_identity, "head": self.head_config,
+                "label_names": self.label_names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained = set(self.trainable_state_dict())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        checkpoint[CHECKPOINT_KEY] = self.run_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise ValueError("this checkpoint was not written by peftlab (no 'peftlab' metadata)")
+        check_identity(meta["backbone_identity"], self.backbone_identity, "the checkpoint")
+        if meta["method"]["init_args"] != self.method.options() or meta["method"]["name"] != self.method.name:
+            raise ValueError(f"the checkpoint was trained with method {meta['method']['name']} "
+                             f"{meta['method']['init_args']}, but this run uses {self.method!r}")
+        missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trained tensor(s), e.g. {missing[:3]}")

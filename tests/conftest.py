@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny backbones of both token layouts, batches for them,
+and the real-data folder (``PEFTLAB_DATA``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftlab.toy import ToyTransformer
+from peftlab_protein import ESM2Backbone
+
+# name -> (factory, kwargs that differ between "the same" and "another" backbone)
+TINY_ESM = dict(num_layers=2, embed_dim=32, attention_heads=4)
+TINY_TOY = dict(dim=32, depth=2, heads=4, mlp_ratio=2)
+
+
+def make_backbone(kind: str, seed: int = 0):
+    if kind == "esm2":
+        return ESM2Backbone(**TINY_ESM, seed=seed)
+    if kind == "toy":
+        return ToyTransformer(**TINY_TOY, seed=seed)
+    raise ValueError(kind)
+
+
+def make_batch(kind: str, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "esm2":
+        alphabet = ESM2Backbone(**TINY_ESM).alphabet
+        seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE", "MVLSPADKTNVKAAW"]
+        _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(seqs)])
+    else:
+        tokens = torch.randint(1, 33, (3, 14), generator=g)
+        tokens[1, 9:] = 0  # padding
+    return {"tokens": tokens, "labels": torch.tensor([0.5, -1.0, 2.0]), "ids": ["a", "b", "c"]}
+
+
+BACKBONE_KINDS = ["esm2", "toy"]
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = os.environ.get("PEFTLAB_DATA")
+    if not root:
+        pytest.skip("PEFTLAB_DATA is not set: the real data sets live in ../shared/data (make test sets it)")
+    path = Path(root)
+    if not path.is_dir():
+        pytest.fail(f"PEFTLAB_DATA={root} is not a directory")
+    return path

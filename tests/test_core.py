@@ -1,0 +1,149 @@
+"""Core pieces without a domain: pooling and heads, losses and metrics, split
+and batching logic, layer selection, adapter files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from peftlab import PeftModule, build_method, select_layers
+from peftlab.backbone import Features
+from peftlab.checkpoint import AdapterFileError, load_adapter, save_adapter
+from peftlab.data import LengthGroupedBatchSampler, seeded_split
+from peftlab.heads import Pooling, TaskHead
+from peftlab.metrics import build_metrics, loss_and_predictions
+
+from tests.conftest import make_backbone
+
+
+def features() -> Features:
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[False, True, True, False], [False, True, False, False]])
+    return Features(hidden=hidden, mask=mask, cls=hidden[:, 0])
+
+
+def test_mean_pooling_ignores_masked_tokens():
+    f = features()
+    pooled = Pooling("mean", 3)(f)
+    torch.testing.assert_close(pooled[0], f.hidden[0, 1:3].mean(0))
+    torch.testing.assert_close(pooled[1], f.hidden[1, 1])
+
+
+def test_attention_pooling_puts_no_weight_on_masked_tokens():
+    f = features()
+    pool = Pooling("attention", 3)
+    pooled = pool(f)
+    torch.testing.assert_close(pooled[1], f.hidden[1, 1])  # one content token gets all the weight
+    f.hidden[0, 3] += 1000.0  # a masked token: must not move the result
+    torch.testing.assert_close(pool(f), pooled)
+
+
+def test_cls_pooling_needs_a_summary_token():
+    f = features()
+    torch.testing.assert_close(Pooling("cls", 3)(f), f.hidden[:, 0])
+    f.cls = None
+    with pytest.raises(ValueError, match="needs a backbone with a class/BOS token"):
+        Pooling("cls", 3)(f)
+
+
+@pytest.mark.parametrize("task,k,shape", [("binary", 1, (2, 1)), ("multiclass", 5, (2, 5)),
+                                          ("multilabel", 14, (2, 14)), ("regression", 1, (2, 1)),
+                                          ("token_classification", 3, (2, 4, 3))])
+def test_head_output_shapes(task, k, shape):
+    assert TaskHead(3, task, k)(features()).shape == shape
+
+
+def test_losses_and_metric_inputs_per_task():
+    logits = torch.tensor([[2.0], [-1.0]])
+    loss, preds, target = loss_and_predictions("binary", logits, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), torch.tensor([1.0, 0.0])))
+    torch.testing.assert_close(preds, logits.squeeze(1).sigmoid())
+    assert target.dtype == torch.long
+    # token task: positions labelled -100 do not count
+    logits = torch.zeros(1, 3, 2)
+    logits[0, :, 1] = 5.0
+    loss, preds, target = loss_and_predictions("token_classification", logits, torch.tensor([[-100, 1, 0]]))
+    metric = build_metrics("token_classification", 2)
+    metric.update(preds, target)
+    assert metric.compute()["accuracy"].item() == pytest.approx(0.5)
+
+
+def test_regression_metrics_are_spearman_pearson_mse_mae():
+    m = build_metrics("regression", 1)
+    m.update(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 4.0]))
+    out = m.compute()
+    assert out["spearman"].item() == pytest.approx(0.8)
+    assert out["mse"].item() == pytest.approx(0.5) and out["mae"].item() == pytest.approx(0.5)
+
+
+def test_seeded_split_is_reproducible_and_disjoint():
+    a, b = seeded_split(100, 0.1, 0.2, seed=3), seeded_split(100, 0.1, 0.2, seed=3)
+    assert a == b and seeded_split(100, 0.1, 0.2, seed=4) != a
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (70, 10, 20)
+    assert sorted(a["train"] + a["val"] + a["test"]) == list(range(100))
+    with pytest.raises(ValueError, match="sum below 1"):
+        seeded_split(10, 0.5, 0.5, seed=0)
+
+
+def test_length_grouped_batches_cover_everything_and_cut_padding():
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=0, window_batches=5)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(200)) and len(batches) == len(sampler)
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    naive = [list(range(i, i + 8)) for i in range(0, 200, 8)]
+    naive_padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in naive)
+    assert padding < naive_padding / 3
+    assert list(sampler) != batches  # a new order every epoch
+
+
+def test_select_layers_spellings():
+    assert select_layers(12, None) == list(range(12))
+    assert select_layers(12, "last:8") == list(range(4, 12))
+    assert select_layers(12, "first:2") == [0, 1]
+    assert select_layers(12, [-1, 0]) == [0, 11]
+    with pytest.raises(ValueError, match="'last:N' or 'first:N'"):
+        select_layers(12, "top8")
+
+
+def _saved(tmp_path):
+    module = PeftModule(make_backbone("toy"), build_method("lora", r=2), task_type="binary", num_outputs=1)
+    return module, save_adapter(module, tmp_path / "a")
+
+
+def test_adapter_directory_holds_only_trained_tensors(tmp_path):
+    module, directory = _saved(tmp_path)
+    from safetensors.torch import load_file
+    tensors = load_file(directory / "adapter.safetensors")
+    assert set(tensors) == {n for n, p in module.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("head.") for n in tensors)
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    assert meta["method"]["name"] == "lora" and meta["method"]["init_args"]["r"] == 2
+    assert meta["backbone_identity"]["fingerprint"] == make_backbone("toy").identity()["fingerprint"]
+
+
+def test_truncated_or_missing_adapter_files_give_clear_errors(tmp_path):
+    _, directory = _saved(tmp_path)
+    weights = directory / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterFileError, match="adapter.safetensors: not a readable safetensors file"):
+        load_adapter(directory)
+    weights.unlink()
+    with pytest.raises(AdapterFileError, match="adapter.safetensors: file not found"):
+        load_adapter(directory)
+    (directory / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterFileError, match="adapter_config.json: not valid JSON"):
+        load_adapter(directory)
+    with pytest.raises(AdapterFileError, match="no adapter config here"):
+        load_adapter(tmp_path / "nowhere")
+
+
+def test_adapter_with_other_method_tensors_is_refused(tmp_path):
+    _, directory = _saved(tmp_path)
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    meta["method"]["init_args"]["r"] = 4  # config no longer matches the tensors
+    (directory / "adapter_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=r"tensor shapes do not match method lora.*\(2, 32\) != \(4, 32\)"):
+        load_adapter(directory)

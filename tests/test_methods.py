@@ -1,0 +1,199 @@
+"""The method x backbone matrix.
+
+Every registered method runs through the same test bodies on two backbones
+that implement the Backbone contract differently: fair-esm's ESM-2 (time-first
+blocks, BOS token, separate q/k/v) and the toy transformer (batch-first, class
+token, fused qkv). The registry drives the table: a registered method without
+cases here fails ``test_every_registered_method_has_cases``.
+
+Trainable counts are written out from the architecture (dimensions), not read
+back from the implementation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftlab import METHODS, BackboneMismatchError, PeftModule, build_method
+from peftlab.checkpoint import load_adapter, merge_adapter, save_adapter
+from peftlab.methods import count_parameters
+
+from tests.conftest import BACKBONE_KINDS, TINY_ESM, TINY_TOY, make_backbone, make_batch
+
+CASES: dict[str, list[dict]] = {
+    "full": [{}],
+    "linear_probe": [{}],
+    "bitfit": [{}],
+    "lora": [{"r": 4}, {"r": 4, "use_dora": True}, {"r": 2, "use_rslora": True, "targets": "mlp", "layers": "last:1"}],
+    "ia3": [{}],
+    "adapter": [{"placement": "houlsby", "bottleneck": 8}, {"placement": "pfeiffer", "bottleneck": 8},
+                {"placement": "parallel", "bottleneck": 8, "scale": 0.5}],
+    "prompt": [{"num_tokens": 3}, {"num_tokens": 3, "deep": True}],
+}
+MATRIX = [(kind, name, opts) for kind in BACKBONE_KINDS for name, cases in CASES.items() for opts in cases]
+IDS = [f"{k}-{n}-{'-'.join(f'{a}={b}' for a, b in o.items()) or 'default'}" for k, n, o in MATRIX]
+
+
+def dims(kind: str) -> dict[str, int]:
+    if kind == "esm2":
+        d = TINY_ESM["embed_dim"]
+        return {"D": d, "F": 4 * d, "L": TINY_ESM["num_layers"], "vocab": 33}
+    d = TINY_TOY["dim"]
+    return {"D": d, "F": TINY_TOY["mlp_ratio"] * d, "L": TINY_TOY["depth"], "vocab": 33, "max_len": 128}
+
+
+def expected_backbone_trainable(kind: str, name: str, opts: dict) -> int:
+    k = dims(kind)
+    D, F, L = k["D"], k["F"], k["L"]
+    linear = lambda i, o: i * o + o  # noqa: E731
+    if name == "linear_probe":
+        return 0
+    if name == "full":
+        if kind == "esm2":
+            block = 4 * linear(D, D) + 2 * 2 * D + linear(D, F) + linear(F, D)
+            return k["vocab"] * D + L * block + 2 * D
+        block = 2 * 2 * D + linear(D, 3 * D) + linear(D, D) + linear(D, F) + linear(F, D)
+        return k["vocab"] * D + D + (k["max_len"] + 1) * D + L * block + 2 * D
+    if name == "bitfit":  # every bias: attention, two norms, MLP; plus the final norm
+        attn_bias = 4 * D if kind == "esm2" else 3 * D + D
+        return L * (attn_bias + 2 * D + F + D) + D
+    if name == "lora":
+        r = opts["r"]
+        layers = 1 if opts.get("layers") == "last:1" else L
+        if opts.get("targets") == "mlp":
+            shapes = [(D, F), (F, D)]
+        elif kind == "esm2":
+            shapes = [(D, D)] * 4
+        else:
+            shapes = [(D, 3 * D), (D, D)]
+        per_layer = sum(r * (i + o) for i, o in shapes)
+        if opts.get("use_dora"):
+            per_layer += sum(o for _, o in shapes)  # one magnitude per output feature
+        return layers * per_layer
+    if name == "ia3":  # output scales on k and v (fused qkv: all three), input scale on the MLP output layer
+        return L * ((2 * D if kind == "esm2" else 3 * D) + F)
+    if name == "adapter":
+        b = opts["bottleneck"]
+        one = linear(D, b) + linear(b, D)
+        return L * one * (2 if opts["placement"] == "houlsby" else 1)
+    if name == "prompt":
+        return opts["num_tokens"] * D * (L if opts.get("deep") else 1)
+    raise AssertionError(f"no expected count for {name}")
+
+
+def test_every_registered_method_has_cases():
+    assert set(METHODS) == set(CASES), "add cases (and an expected count) for new methods"
+
+
+def _train_steps(module: PeftModule, batch: dict, steps: int = 3) -> None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    module.train()
+    for _ in range(steps):
+        loss = module._step(batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+
+
+@pytest.mark.parametrize("kind,name,opts", MATRIX, ids=IDS)
+def test_method_guarantees(kind, name, opts, tmp_path):
+    batch = make_batch(kind)
+    base = make_backbone(kind).eval()
+    with torch.no_grad():
+        base_out = base(batch).hidden
+    frozen_before = {n: p.detach().clone() for n, p in make_backbone(kind).named_parameters()}
+
+    module = PeftModule(make_backbone(kind), build_method(name, **opts), task_type="regression", num_outputs=1)
+
+    # 1. exact trainable-parameter count (backbone part, then with the head)
+    assert count_parameters(module.backbone, trainable_only=True) == expected_backbone_trainable(kind, name, opts)
+    D = dims(kind)["D"]
+    assert count_parameters(module, trainable_only=True) == expected_backbone_trainable(kind, name, opts) + D + 1
+
+    _train_steps(module, batch)
+
+    # 2. frozen weights are bit-identical after training; trained ones moved
+    trained = {n for n, p in module.backbone.named_parameters() if p.requires_grad}
+    current = dict(module.backbone.named_parameters())
+    for n, before in frozen_before.items():
+        # peft moves a wrapped layer's weight to "<layer>.base_layer.weight"
+        cur_name = n if n in current else n.rsplit(".", 1)[0] + ".base_layer." + n.rsplit(".", 1)[1]
+        if cur_name in trained:
+            continue
+        assert torch.equal(current[cur_name], before), f"frozen weight {n} changed"
+    if name != "linear_probe":
+        assert trained, "the method trains nothing in the backbone"
+
+    # 3. the method really changes the backbone's output (catches bypassed fast paths)
+    with torch.no_grad():
+        out = module.backbone(batch).hidden
+    assert out.shape == base_out.shape
+    if name == "linear_probe":
+        assert torch.equal(out, base_out)
+    else:
+        assert not torch.allclose(out, base_out, atol=1e-6), "training did not change the backbone output"
+
+    # 4. adapter-only save, load into a fresh backbone (rebuilt from the recorded spec): same outputs
+    save_adapter(module, tmp_path / "adapter")
+    reloaded = load_adapter(tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(batch), module(batch), rtol=0, atol=0)
+
+    # 5. merge where defined: equal outputs, no extra modules
+    if module.method.mergeable:
+        plain_names = {n for n, _ in make_backbone(kind).named_modules()}
+        with torch.no_grad():
+            unmerged = module(batch)
+            merge_adapter(module)
+            merged = module(batch)
+        torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
+        assert {n for n, _ in module.backbone.named_modules()} == plain_names
+    else:
+        with pytest.raises(ValueError, match="cannot be merged"):
+            merge_adapter(module)
+
+
+@pytest.mark.parametrize("kind", BACKBONE_KINDS)
+def test_adapter_refuses_another_backbone(kind, tmp_path):
+    module = PeftModule(make_backbone(kind), build_method("lora", r=2), task_type="regression", num_outputs=1)
+    save_adapter(module, tmp_path)
+    with pytest.raises(BackboneMismatchError, match="fingerprint"):
+        load_adapter(tmp_path, backbone=make_backbone(kind, seed=1))
+    # forcing is possible, and then the trained tensors are loaded as they are
+    forced = load_adapter(tmp_path, backbone=make_backbone(kind, seed=1), force=True)
+    assert torch.equal(forced.head.mlp[-1].weight, module.head.mlp[-1].weight)
+
+
+def test_lora_on_a_layer_subset_touches_only_those_blocks():
+    module = PeftModule(make_backbone("esm2"), build_method("lora", r=2, targets="kv", layers=[-1]),
+                        task_type="regression", num_outputs=1)
+    names = [n for n, p in module.backbone.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("model.layers.1.self_attn.") for n in names)
+    assert {n.split(".")[4] for n in names} == {"k_proj", "v_proj"}
+
+
+def test_unknown_preset_and_module_names_are_clear():
+    with pytest.raises(ValueError, match="no target preset 'everything'.*presets: "):
+        build_method("lora", targets="everything").apply(make_backbone("toy"))
+    with pytest.raises(ValueError, match="has no module 'attn.q_proj'.*attn.qkv"):
+        build_method("lora", targets=["attn.q_proj"]).apply(make_backbone("toy"))
+    with pytest.raises(ValueError, match="out of range: the backbone has 2 blocks"):
+        build_method("adapter", layers=[5]).apply(make_backbone("toy"))
+    with pytest.raises(ValueError, match="unknown method 'lorax'; registered: "):
+        build_method("lorax")
+
+
+@pytest.mark.parametrize("kind", BACKBONE_KINDS)
+def test_prompts_keep_outputs_aligned_and_layers_stripped(kind):
+    backbone = make_backbone(kind).eval()
+    batch = make_batch(kind)
+    plain = backbone(batch, output_layers=True)
+    build_method("prompt", num_tokens=4, deep=True).apply(backbone)
+    prompted = backbone(batch, output_layers=True)
+    assert prompted.hidden.shape == plain.hidden.shape
+    assert [t.shape for t in prompted.layers] == [t.shape for t in plain.layers]
+    assert torch.equal(prompted.layers[0], plain.layers[0])  # embeddings come before any prompt
+    assert torch.equal(prompted.mask, plain.mask)

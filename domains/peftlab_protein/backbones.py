@@ -129,6 +129,12 @@ class ESM2Backbone(Backbone):
         self.embed_dim = model.embed_dim
         self.alphabet = model.alphabet
 
+    @property
+    def name(self) -> str:
+        if self.config()["source"] == "pretrained":
+            return self.init_args["name"]
+        return f"{self.init_args['name']}-shaped, random init ({self.model.num_layers}x{self.model.embed_dim})"
+
     def config(self) -> dict[str, Any]:
         return {"num_layers": self.model.num_layers, "embed_dim": self.model.embed_dim,
                 "attention_heads": self.model.attention_heads, "token_dropout": self.model.token_dropout,

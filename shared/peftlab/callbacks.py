@@ -16,6 +16,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from peftlab.checkpoint import save_adapter
 
 
+def run_dir(trainer: L.Trainer) -> str:
+    """The run's log directory; the trainer's root when no logger names one
+    (``fast_dev_run`` and ``logger=False`` runs)."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
 class PredictionCSVWriter(BasePredictionWriter):
     """Writes ``predict`` results to a CSV: ``id`` then one column per output
     (class names for classification, ``prediction`` for regression); token
@@ -38,7 +44,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         return [f"output_{k}" for k in range(width)]
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        path = Path(self.output or os.path.join(trainer.log_dir or ".", "predictions.csv"))
+        path = Path(self.output or os.path.join(run_dir(trainer), "predictions.csv"))
         path.parent.mkdir(parents=True, exist_ok=True)
         rows: list[list[Any]] = []
         header: list[str] | None = None
@@ -77,7 +83,7 @@ class AdapterExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.is_global_zero:
-            target = self.directory or os.path.join(trainer.log_dir or ".", "adapter")
+            target = self.directory or os.path.join(run_dir(trainer), "adapter")
             self.written_path = save_adapter(pl_module, target)
             pl_module.print(f"peftlab: adapter written to {self.written_path}")
 

@@ -31,8 +31,9 @@ class PeftLabCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterExport, "adapter")
 
 
-def main(args: list[str] | None = None) -> PeftLabCLI:
-    return PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
+def main(args: list[str] | None = None) -> None:
+    """The console script (``peftlab fit|validate|test|predict ...``)."""
+    PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
                       save_config_kwargs={"overwrite": True}, args=args)
 
 

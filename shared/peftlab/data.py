@@ -64,6 +64,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     then shuffled. Padding drops sharply while batches stay random. (torch has
     no such sampler; Hugging Face's ``LengthGroupedSampler`` is tied to its
     Trainer, so this small one is written here.)
+
+    The order depends on ``seed`` and the epoch: a counter of iterations
+    (``set_epoch`` sets it; PeftDataModule checkpoints it, so that a resumed
+    run sees the same batches as an uninterrupted one).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
@@ -82,11 +86,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
+        epoch = self.epoch
+        self.epoch += 1  # a fresh order every epoch
+        rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(self.lengths)))
         if self.shuffle:
             rng.shuffle(order)
-            self.epoch += 1  # a fresh order next epoch even if nobody calls set_epoch
         else:
             order.sort(key=lambda i: self.lengths[i])
         batches = []
@@ -148,6 +153,8 @@ class PeftDataModule(L.LightningDataModule):
             raise ValueError(f"predict_split must be one of {SPLITS}, got {predict_split!r}")
         self.predict_split = predict_split
         self._splits: dict[str, list[Any]] | None = None
+        self._train_sampler: LengthGroupedBatchSampler | None = None
+        self._train_epochs_done = 0
 
     # ---- what a domain implements -------------------------------------------------
     def load_splits(self) -> dict[str, list[Any]]:
@@ -193,10 +200,22 @@ class PeftDataModule(L.LightningDataModule):
         if self.group_by_length:
             sampler = LengthGroupedBatchSampler([self.record_length(r) for r in records],
                                                 self.batch_size, seed=self.seed, shuffle=train)
+            if train:
+                sampler.epoch = self._train_epochs_done
+                self._train_sampler = sampler
             return DataLoader(_ListDataset(records), batch_sampler=sampler, **common)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(_ListDataset(records), batch_size=self.batch_size, shuffle=train,
                           generator=generator, **common)
+
+    # Lightning saves a DataModule's state_dict in checkpoints: the training
+    # order's epoch counter goes there, so a resumed run continues the order.
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self._train_sampler
+        return {"train_epochs_done": sampler.epoch if sampler is not None else self._train_epochs_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_epochs_done = int(state.get("train_epochs_done", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import random
 from torch import Tensor
 
 from peftlab.backbone import Backbone
@@ -167,6 +168,11 @@ class PeftModule(L.LightningModule):
         trained = set(self.trainable_state_dict())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
         checkpoint[CHECKPOINT_KEY] = self.run_metadata()
+        # Lightning does not save random states; with them a resumed run draws the
+        # same dropout masks as an uninterrupted one (exact resume on the CPU).
+        # (torch and Python only: numpy's state would not pass torch.load's weights-only mode)
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
@@ -179,3 +185,9 @@ class PeftModule(L.LightningModule):
         missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} trained tensor(s), e.g. {missing[:3]}")
+        if "rng_states" in checkpoint:
+            states = checkpoint["rng_states"]
+            torch.set_rng_state(states["torch"])
+            random.setstate(tuple(states["python"]) if not isinstance(states["python"], tuple) else states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -262,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps, not timed")
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
                         help=f"comma-separated subset, run in this order (of {', '.join(ALL_METHODS)})")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run the whole list this many times, rotating the order; report medians "
+                             "(this 2-core machine is noisy)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -276,11 +280,18 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
 
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(max(1, args.rounds)):
+        for m in methods[r % len(methods):] + methods[:r % len(methods)]:
+            t0 = time.perf_counter()
+            runs[m].append(run_child(m, args))
+            print(f"  round {r + 1}: ran {m} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     results = {}
-    for m in methods:
-        t0 = time.perf_counter()
-        results[m] = run_child(m, args)
-        print(f"  ran {m} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for m, rs in runs.items():
+        results[m] = dict(rs[0], ms_step=statistics.median(x["ms_step"] for x in rs),
+                          peak_mb=statistics.median(x["peak_mb"] for x in rs))
+        if rs[0].get("ms_iter"):
+            results[m]["ms_iter"] = statistics.median(x["ms_iter"] for x in rs)
 
     first = next(iter(results.values()))
     from peftlab_protein.backbones import ESM2_SIZES
@@ -289,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Machine: {cpu_model()}, {os.cpu_count()} cores ({first['threads']} torch threads), "
           f"torch {first['torch']}, device {first['device_name']}")
     print(f"Model: {ESM_NAME}-shaped, random init: {layers} layers x {dim}, {heads} heads; "
-          f"batch {args.batch} x {args.length} residues; {args.warmup} warm-up + {args.steps} timed steps")
+          f"batch {args.batch} x {args.length} residues; {args.warmup} warm-up + {args.steps} timed steps; "
+          f"median of {max(1, args.rounds)} rounds in rotating order")
     print()
     print(f"| method | trainable params | ms/step | vs full | peak memory MB ({first['memory_kind']}) |")
     print("|---|---:|---:|---:|---:|")
@@ -306,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         parts.append(f"LoRA / full = {results['lora']['ms_step'] / full:.3f} (target <= 0.8)")
     if parts:
         print("; ".join(parts))
+    if results.get("lora", {}).get("ms_iter"):
+        print(f"(peftlab LoRA, start-to-start of timed steps, i.e. with the data fetch and Lightning loop work "
+              f"outside StepTimer's window: {results['lora']['ms_iter']:.1f} ms/step)")
 
 
 if __name__ == "__main__":

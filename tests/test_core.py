@@ -147,3 +147,23 @@ def test_adapter_with_other_method_tensors_is_refused(tmp_path):
     (directory / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(AdapterFileError, match=r"tensor shapes do not match method lora.*\(2, 32\) != \(4, 32\)"):
         load_adapter(directory)
+
+
+def test_optimizer_groups_and_warmup_cosine_schedule():
+    module = PeftModule(make_backbone("toy"), build_method("lora", r=2), task_type="binary", num_outputs=1,
+                        lr=1e-3, head_lr=5e-3, warmup_fraction=0.1)
+    config = module.configure_optimizers()  # without a trainer: 1000 planned steps
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["head"]["initial_lr"] == 5e-3 and groups["backbone"]["initial_lr"] == 1e-3
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in module.head.parameters()}
+    assert len(groups["backbone"]["params"]) == 2 * 2 * 2  # lora_A and lora_B on qkv and proj of 2 blocks
+    lrs = []
+    for _ in range(1000):
+        lrs.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-3 / 101)  # linear warm-up over 100 steps
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-3) and lrs.index(max(lrs)) in (99, 100)
+    assert lrs[550] == pytest.approx(0.5e-3, rel=1e-2)  # cosine half-way point
+    assert lrs[-1] < 1e-7

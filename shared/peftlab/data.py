@@ -168,6 +168,11 @@ class PeftDataModule(L.LightningDataModule):
     def record_length(self, record: Any) -> int:
         return 1
 
+    def dataset(self, split: str, records: list[Any]) -> torch.utils.data.Dataset:
+        """The Dataset for one split's records (override to decode files or apply
+        transforms per item, e.g. MONAI datasets; ``collate`` then gets its items)."""
+        return _ListDataset(records)
+
     @property
     def num_outputs(self) -> int:
         """Outputs of the task head: 1 for binary/regression, classes or labels otherwise."""
@@ -203,9 +208,9 @@ class PeftDataModule(L.LightningDataModule):
             if train:
                 sampler.epoch = self._train_epochs_done
                 self._train_sampler = sampler
-            return DataLoader(_ListDataset(records), batch_sampler=sampler, **common)
+            return DataLoader(self.dataset(split, records), batch_sampler=sampler, **common)
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(_ListDataset(records), batch_size=self.batch_size, shuffle=train,
+        return DataLoader(self.dataset(split, records), batch_size=self.batch_size, shuffle=train,
                           generator=generator, **common)
 
     # Lightning saves a DataModule's state_dict in checkpoints: the training

@@ -200,18 +200,15 @@ class PeftDataModule(L.LightningDataModule):
         records = self.splits[split]
         if not records:
             raise ValueError(f"the {split!r} split is empty")
-        common = dict(collate_fn=self.collate, num_workers=self.num_workers,
-                      persistent_workers=self.num_workers > 0)
-        if self.group_by_length:
-            sampler = LengthGroupedBatchSampler([self.record_length(r) for r in records],
-                                                self.batch_size, seed=self.seed, shuffle=train)
-            if train:
-                sampler.epoch = self._train_epochs_done
-                self._train_sampler = sampler
-            return DataLoader(self.dataset(split, records), batch_sampler=sampler, **common)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset(split, records), batch_size=self.batch_size, shuffle=train,
-                          generator=generator, **common)
+        # equal lengths when not grouping: the sampler then only shuffles (and still
+        # keeps the epoch counter that makes resumed runs exact)
+        lengths = [self.record_length(r) for r in records] if self.group_by_length else [1] * len(records)
+        sampler = LengthGroupedBatchSampler(lengths, self.batch_size, seed=self.seed, shuffle=train)
+        if train:
+            sampler.epoch = self._train_epochs_done
+            self._train_sampler = sampler
+        return DataLoader(self.dataset(split, records), batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     # Lightning saves a DataModule's state_dict in checkpoints: the training
     # order's epoch counter goes there, so a resumed run continues the order.

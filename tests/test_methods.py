@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from peftlab import METHODS, BackboneMismatchError, PeftModule, build_method
-from peftlab.checkpoint import load_adapter, merge_adapter, save_adapter
-from peftlab.methods import count_parameters
+from peftlab.checkpoint import load_adapter, save_adapter
 
 from tests.conftest import BACKBONE_KINDS, TINY_ESM, TINY_TOY, make_backbone, make_batch
+from tests.method_checks import check_method_guarantees
 
 CASES: dict[str, list[dict]] = {
     "full": [{}],
@@ -30,6 +30,8 @@ CASES: dict[str, list[dict]] = {
     "adapter": [{"placement": "houlsby", "bottleneck": 8}, {"placement": "pfeiffer", "bottleneck": 8},
                 {"placement": "parallel", "bottleneck": 8, "scale": 0.5}],
     "prompt": [{"num_tokens": 3}, {"num_tokens": 3, "deep": True}],
+    "ssf": [{}, {"layers": [0]}],
+    "adaptformer": [{"bottleneck": 8}],
 }
 MATRIX = [(kind, name, opts) for kind in BACKBONE_KINDS for name, cases in CASES.items() for opts in cases]
 IDS = [f"{k}-{n}-{'-'.join(f'{a}={b}' for a, b in o.items()) or 'default'}" for k, n, o in MATRIX]
@@ -79,6 +81,11 @@ def expected_backbone_trainable(kind: str, name: str, opts: dict) -> int:
         return L * one * (2 if opts["placement"] == "houlsby" else 1)
     if name == "prompt":
         return opts["num_tokens"] * D * (L if opts.get("deep") else 1)
+    if name == "ssf":  # scale + shift per output channel of 4 (or qkv + proj) linears, 2 norms, fc1, fc2
+        return (1 if opts.get("layers") else L) * 2 * (7 * D + F)
+    if name == "adaptformer":
+        b = opts["bottleneck"]
+        return L * (linear(D, b) + linear(b, D))
     raise AssertionError(f"no expected count for {name}")
 
 
@@ -86,74 +93,10 @@ def test_every_registered_method_has_cases():
     assert set(METHODS) == set(CASES), "add cases (and an expected count) for new methods"
 
 
-def _train_steps(module: PeftModule, batch: dict, steps: int = 3) -> None:
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    module.train()
-    for _ in range(steps):
-        loss = module._step(batch)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
-
-
 @pytest.mark.parametrize("kind,name,opts", MATRIX, ids=IDS)
 def test_method_guarantees(kind, name, opts, tmp_path):
-    batch = make_batch(kind)
-    base = make_backbone(kind).eval()
-    with torch.no_grad():
-        base_out = base(batch).hidden
-    frozen_before = {n: p.detach().clone() for n, p in make_backbone(kind).named_parameters()}
-
-    module = PeftModule(make_backbone(kind), build_method(name, **opts), task_type="regression", num_outputs=1)
-
-    # 1. exact trainable-parameter count (backbone part, then with the head)
-    assert count_parameters(module.backbone, trainable_only=True) == expected_backbone_trainable(kind, name, opts)
-    D = dims(kind)["D"]
-    assert count_parameters(module, trainable_only=True) == expected_backbone_trainable(kind, name, opts) + D + 1
-
-    _train_steps(module, batch)
-
-    # 2. frozen weights are bit-identical after training; trained ones moved
-    trained = {n for n, p in module.backbone.named_parameters() if p.requires_grad}
-    current = dict(module.backbone.named_parameters())
-    for n, before in frozen_before.items():
-        # peft moves a wrapped layer's weight to "<layer>.base_layer.weight"
-        cur_name = n if n in current else n.rsplit(".", 1)[0] + ".base_layer." + n.rsplit(".", 1)[1]
-        if cur_name in trained:
-            continue
-        assert torch.equal(current[cur_name], before), f"frozen weight {n} changed"
-    if name != "linear_probe":
-        assert trained, "the method trains nothing in the backbone"
-
-    # 3. the method really changes the backbone's output (catches bypassed fast paths)
-    with torch.no_grad():
-        out = module.backbone(batch).hidden
-    assert out.shape == base_out.shape
-    if name == "linear_probe":
-        assert torch.equal(out, base_out)
-    else:
-        assert not torch.allclose(out, base_out, atol=1e-6), "training did not change the backbone output"
-
-    # 4. adapter-only save, load into a fresh backbone (rebuilt from the recorded spec): same outputs
-    save_adapter(module, tmp_path / "adapter")
-    reloaded = load_adapter(tmp_path / "adapter").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(batch), module(batch), rtol=0, atol=0)
-
-    # 5. merge where defined: equal outputs, no extra modules
-    if module.method.mergeable:
-        plain_names = {n for n, _ in make_backbone(kind).named_modules()}
-        with torch.no_grad():
-            unmerged = module(batch)
-            merge_adapter(module)
-            merged = module(batch)
-        torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
-        assert {n for n, _ in module.backbone.named_modules()} == plain_names
-    else:
-        with pytest.raises(ValueError, match="cannot be merged"):
-            merge_adapter(module)
+    check_method_guarantees(lambda: make_backbone(kind), make_batch(kind), name, opts,
+                            expected_backbone_trainable(kind, name, opts), dims(kind)["D"], tmp_path)
 
 
 @pytest.mark.parametrize("kind", BACKBONE_KINDS)

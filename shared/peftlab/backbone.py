@@ -4,16 +4,20 @@ A backbone maps a domain batch (a dict) to :class:`Features`. It also declares
 what PEFT methods need to know about it, so that no method ever hard-codes a
 backbone's module names:
 
-* ``embed_dim``: width of the token states.
-* ``blocks``: its transformer blocks (an ``nn.ModuleList``), found at
-  ``blocks_path``.
+* ``embed_dim``: width of the token states (channels of a CNN's last stage).
+* ``blocks``: its blocks, in order: the ``nn.ModuleList`` at ``blocks_path``,
+  or, for hierarchical models (Swin, ResNet), the modules named by
+  ``block_names()``.
 * ``seq_dim``: where tokens sit in the state that flows between blocks
   (1 for batch-first ``[B, T, D]``, 0 for time-first ``[T, B, D]`` such as
   fair-esm).
 * ``num_prefix_tokens``: summary tokens at the start (class token, BOS) that
   inserted tokens (prompts) go after.
 * ``target_presets``: named groups of block-relative module names
-  (``attention``, ``attention+mlp``, ``all-linear``, ``mlp``, ...).
+  (``attention``, ``attention+mlp``, ``all-linear``, ``mlp``, ``conv``...);
+  ``default_targets`` names the one methods use when given none.
+* ``token_sequence``: False for backbones whose blocks do not run over one
+  token sequence (CNNs, Swin's windows); methods that insert tokens refuse them.
 * ``adapter_sites``: block-relative names of the attention output projection
   and the MLP input / output layers, where bottleneck adapters attach.
 
@@ -72,7 +76,9 @@ class Backbone(nn.Module):
     seq_dim: int = 1
     num_prefix_tokens: int = 0
     target_presets: dict[str, tuple[str, ...]] = {}
+    default_targets: str = "attention"
     adapter_sites: dict[str, str] = {}
+    token_sequence: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,13 +107,17 @@ class Backbone(nn.Module):
     def name(self) -> str:
         return str(self.init_args.get("name", type(self).__name__))
 
+    def block_names(self) -> list[str]:
+        """Qualified names of the blocks, in order."""
+        return [f"{self.blocks_path}.{i}" for i in range(len(self.get_submodule(self.blocks_path)))]
+
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.get_submodule(self.blocks_path)
+    def blocks(self) -> list[nn.Module]:
+        return [self.get_submodule(n) for n in self.block_names()]
 
     @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        return len(self.block_names())
 
     def spec(self) -> dict[str, Any]:
         """``class_path`` + ``init_args``: enough to build this backbone again."""
@@ -171,9 +181,12 @@ def select_layers(num_blocks: int, layers: list[int] | str | None) -> list[int]:
     return sorted(set(out))
 
 
-def resolve_targets(backbone: Backbone, targets: str | list[str], layers: list[int] | str | None = None) -> list[str]:
-    """Full module names (relative to ``backbone``) for a preset or a list of
-    block-relative names, restricted to the chosen blocks."""
+def resolve_targets(backbone: Backbone, targets: str | list[str] | None, layers: list[int] | str | None = None) -> list[str]:
+    """Full module names (relative to ``backbone``) for a preset (``None``: the
+    backbone's default preset) or a list of block-relative names, restricted to
+    the chosen blocks."""
+    if targets is None:
+        targets = backbone.default_targets
     if isinstance(targets, str):
         if targets not in backbone.target_presets:
             raise ValueError(f"{type(backbone).__name__} has no target preset {targets!r}; "
@@ -183,15 +196,16 @@ def resolve_targets(backbone: Backbone, targets: str | list[str], layers: list[i
     else:
         suffixes = list(targets)
     names = []
-    for i in select_layers(backbone.num_blocks, layers):
-        block = backbone.blocks[i]
+    block_names = backbone.block_names()
+    for i in select_layers(len(block_names), layers):
+        block = backbone.get_submodule(block_names[i])
         block_modules = dict(block.named_modules())
         for suffix in suffixes:
             if suffix not in block_modules:
                 known = sorted(n for n, m in block.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d)))
                 raise ValueError(f"block {i} of {type(backbone).__name__} has no module {suffix!r}; "
                                  f"its linear layers are: {', '.join(known)}")
-            names.append(f"{backbone.blocks_path}.{i}.{suffix}")
+            names.append(f"{block_names[i]}.{suffix}")
     return names
 
 

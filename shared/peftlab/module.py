@@ -76,8 +76,16 @@ class PeftModule(L.LightningModule):
 
     # ---- parameters ------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Every parameter that trains (head included), by its name in this module."""
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        """Every parameter that trains (head included), by its name in this module,
+        and the buffers of layers whose own weights train (a trained batch norm's
+        running statistics belong to what was trained)."""
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        for prefix, module in self.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                for name, buf in module.named_buffers(recurse=False):
+                    if name not in module._non_persistent_buffers_set:
+                        state[f"{prefix}.{name}" if prefix else name] = buf.detach()
+        return state
 
     def parameter_summary(self) -> dict[str, float]:
         backbone_total = count_parameters(self.backbone)

@@ -90,8 +90,11 @@ class Adapter(Method):
 
     def _site(self, backbone: Backbone, block: nn.Module, key: str) -> nn.Module:
         if key not in backbone.adapter_sites:
-            raise ValueError(f"{type(backbone).__name__} declares no {key!r} adapter site, "
-                             f"so {self.placement} adapters cannot attach to it")
+            why = ("" if backbone.token_sequence or backbone.adapter_sites else
+                   ": bottleneck adapters act on token states, and this backbone's blocks are convolutional "
+                   "(try ssf, bitfit or lora)")
+            raise ValueError(f"{backbone.name} declares no {key!r} adapter site, "
+                             f"so {self.placement} adapters cannot attach to it{why}")
         return block.get_submodule(backbone.adapter_sites[key])
 
     def apply(self, backbone: Backbone) -> None:
@@ -114,3 +117,21 @@ class Adapter(Method):
         # the adapters were created after freezing, so they (and only they) train
         for name, p in backbone.named_parameters():
             p.requires_grad_(".adapter." in f".{name}")
+
+
+@register_method("adaptformer")
+class AdaptFormer(Adapter):
+    """AdaptFormer (Chen et al. 2022): a scaled bottleneck beside every MLP.
+
+    The parallel adapter with the paper's defaults (ReLU, bottleneck 64,
+    scale 0.1). It reads the MLP's (normalised) input, as the paper's
+    ``adapter_layernorm_option="none"`` variant on pre-norm blocks.
+
+    Args:
+        bottleneck: hidden width.
+        scale: output multiplier.
+        layers: blocks that get adapters (``None`` = all).
+    """
+
+    def __init__(self, bottleneck: int = 64, scale: float = 0.1, layers: list[int] | str | None = None) -> None:
+        super().__init__(placement="parallel", bottleneck=bottleneck, activation="relu", scale=scale, layers=layers)

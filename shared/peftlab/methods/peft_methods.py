@@ -52,8 +52,9 @@ class LoRA(_PeftMethod):
             ``alpha / sqrt(r)`` with ``use_rslora``).
         dropout: dropout on the LoRA input.
         targets: a target preset of the backbone (``attention``,
-            ``attention+mlp``, ``all-linear``, ...) or block-relative module
-            names (e.g. ``[self_attn.k_proj, self_attn.v_proj]``).
+            ``attention+mlp``, ``all-linear``, ``conv``...), block-relative
+            module names (e.g. ``[self_attn.k_proj, self_attn.v_proj]``), or
+            ``None`` for the backbone's default (attention; convolutions on a CNN).
         layers: blocks to adapt: ``None`` (all), indices (negative from the
             end) or ``"last:N"``.
         use_dora: weight-decomposed LoRA (DoRA).
@@ -62,7 +63,7 @@ class LoRA(_PeftMethod):
     """
 
     def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-                 targets: str | list[str] = "attention", layers: list[int] | str | None = None,
+                 targets: str | list[str] | None = None, layers: list[int] | str | None = None,
                  use_dora: bool = False, use_rslora: bool = False, init: bool | str = True) -> None:
         self.r, self.alpha, self.dropout = r, alpha, dropout
         self.targets, self.layers = targets, layers

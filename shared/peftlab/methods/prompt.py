@@ -60,6 +60,10 @@ class Prompt(Method):
         self.num_tokens, self.deep, self.layers, self.init_std = num_tokens, deep, layers, init_std
 
     def apply(self, backbone: Backbone) -> None:
+        if not backbone.token_sequence:
+            raise ValueError(f"prompt tuning inserts tokens into the sequence that every block reads; "
+                             f"{backbone.name} ({type(backbone).__name__}) has no such sequence "
+                             f"(a CNN or a windowed/hierarchical transformer)")
         freeze(backbone)
         if "prompt" in backbone.token_hooks:
             raise ValueError("prompt tokens are already applied to this backbone")

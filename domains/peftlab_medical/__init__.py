@@ -1,0 +1,5 @@
+"""peftlab's medical imaging domain: timm backbones, MONAI data, imaging metrics and recipes."""
+
+from peftlab_medical.backbones import TimmBackbone
+
+__all__ = ["TimmBackbone"]

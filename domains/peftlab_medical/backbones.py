@@ -1,0 +1,167 @@
+"""Image backbones from timm: ViT / DeiT (token sequences with a class token),
+Swin (hierarchical windows) and ResNet (a CNN), behind one class.
+
+``pretrained: true`` loads timm's weights by name (its hub download), or a
+local file through timm's own mechanism (``pretrained_cfg_overlay={"file":
+...}``), so timm adapts them exactly as for hub weights: the input
+convolution is summed or repeated for other channel counts (``in_chans``), the
+position embedding is resized for other input sizes (``img_size``), and the
+classifier is dropped. Without ``pretrained`` the architecture is built with
+random weights; ``depth`` shrinks a ViT for offline tests and demos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.resnet import ResNet
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from peftlab.backbone import Backbone, Features
+
+TRANSFORMER_PRESETS = {
+    "attention": ("attn.qkv", "attn.proj"),
+    "qkv": ("attn.qkv",),
+    "mlp": ("mlp.fc1", "mlp.fc2"),
+    "attention+mlp": ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+    "all-linear": ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+    "ia3": ("attn.qkv", "mlp.fc2"),
+    "mlp_out": ("mlp.fc2",),
+}
+TRANSFORMER_SITES = {"attention_out": "attn.proj", "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
+RESNET_PRESETS = {
+    "conv": ("conv1", "conv2", "conv3"),
+    "conv3x3": ("conv2",),
+    "ia3": ("conv2", "conv3"),
+    "mlp_out": ("conv3",),
+}
+
+
+class TimmBackbone(Backbone):
+    """A timm image model as a peftlab backbone.
+
+    Args:
+        name: a timm model name (``vit_small_patch16_224``, ``deit_small_patch16_224``,
+            ``swin_tiny_patch4_window7_224``, ``resnet50``, ...).
+        pretrained: load timm's weights (hub by name, or ``checkpoint_path``).
+        checkpoint_path: a local weights file in timm's format (``.safetensors``,
+            ``.bin`` or ``.pth`` state dict), adapted by timm like hub weights.
+        in_chans: input channels (1 for grayscale scans).
+        img_size: input size for ViT / DeiT / Swin (position embeddings are
+            resized); CNNs take any size.
+        depth: number of blocks of a random-init ViT (offline tests and demos).
+        drop_path_rate: stochastic depth.
+        freeze_batchnorm_stats: keep batch norms whose weights are frozen in
+            eval mode while training, so their running statistics stay those
+            of the frozen backbone.
+        seed: seed of the random initialisation.
+
+    Batch input: ``images`` ``[B, C, H, W]``. Features: the token sequence
+    (ViT: class/register tokens then patches; Swin / CNN: the last stage's
+    feature map flattened to ``[B, H*W, C]``); content = patches / positions.
+    """
+
+    def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
+                 checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
+                 depth: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path, in_chans=in_chans,
+                              img_size=img_size, depth=depth, drop_path_rate=drop_path_rate,
+                              freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed)
+        kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
+        if img_size is not None and not name.startswith("resnet"):
+            kwargs["img_size"] = img_size
+        if depth is not None:
+            if pretrained or checkpoint_path:
+                raise ValueError("depth only applies to random-init models (pretrained weights fix it)")
+            kwargs["depth"] = depth
+        if name.startswith("resnet") and not (pretrained or checkpoint_path):
+            # timm zero-initialises each block's last batch norm, so a frozen random-init ResNet would
+            # ignore everything inside its residual branches (and PEFT there could not learn)
+            kwargs["zero_init_last"] = False
+        if checkpoint_path is not None:
+            if not Path(checkpoint_path).is_file():
+                raise FileNotFoundError(f"timm checkpoint {checkpoint_path} does not exist")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
+            pretrained = True
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        self.model = model
+        self.embed_dim = model.num_features
+        self.freeze_batchnorm_stats = freeze_batchnorm_stats
+        if isinstance(model, VisionTransformer):
+            self.family, self.token_sequence = "vit", True
+            self.blocks_path = "model.blocks"
+            self.num_prefix_tokens = model.num_prefix_tokens
+            self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
+            self._block_names = [f"model.blocks.{i}" for i in range(len(model.blocks))]
+        elif isinstance(model, SwinTransformer):
+            self.family, self.token_sequence = "swin", False
+            self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
+            self._block_names = [f"model.layers.{s}.blocks.{b}" for s, stage in enumerate(model.layers)
+                                 for b in range(len(stage.blocks))]
+        elif isinstance(model, ResNet):
+            self.family, self.token_sequence = "cnn", False
+            self.target_presets, self.adapter_sites = RESNET_PRESETS, {}
+            self.default_targets = "conv"
+            self._block_names = [f"model.layer{s}.{b}" for s in range(1, 5)
+                                 for b in range(len(getattr(model, f"layer{s}")))]
+        else:
+            raise ValueError(f"timm model {name!r} ({type(model).__name__}) is not supported yet; "
+                             f"supported families: ViT / DeiT, Swin, ResNet")
+
+    @property
+    def name(self) -> str:
+        source = "pretrained" if self.init_args["pretrained"] or self.init_args["checkpoint_path"] else "random init"
+        return f"{self.init_args['name']} ({source})"
+
+    def config(self) -> dict[str, Any]:
+        return {"family": self.family, "blocks": self.num_blocks, "embed_dim": self.embed_dim,
+                "in_chans": self.init_args["in_chans"], "img_size": self.init_args["img_size"],
+                "source": "pretrained" if self.init_args["pretrained"] or self.init_args["checkpoint_path"]
+                else "random"}
+
+    def block_names(self) -> list[str]:
+        return list(self._block_names)
+
+    def train(self, mode: bool = True) -> "TimmBackbone":
+        super().train(mode)
+        if mode and self.freeze_batchnorm_stats:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
+
+    # ---- ViT: the shared block loop (prompts, per-layer states) --------------------------
+    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.model
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(batch["images"]))))
+        attend = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        content = attend.clone()
+        content[:, : self.num_prefix_tokens] = False
+        return x, attend, content
+
+    def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
+        return block(x)  # images have no padding: every token attends to every token
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return self.model.norm(x)
+
+    # ---- Swin / CNN: timm's own forward, last stage flattened to tokens -------------------
+    def forward(self, batch: dict[str, Any], output_layers: bool = False) -> Features:
+        if self.token_sequence:
+            return super().forward(batch, output_layers=output_layers)
+        if output_layers:
+            raise ValueError(f"per-layer states are only available for ViT backbones, not {self.family}")
+        fmap = self.model.forward_features(batch["images"])
+        tokens = fmap.flatten(1, 2) if self.family == "swin" else fmap.flatten(2).transpose(1, 2)  # NHWC / NCHW
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return Features(hidden=tokens, mask=mask, cls=None)

@@ -1,0 +1,103 @@
+"""SSF (Lian et al. 2022): a learned per-channel scale and shift after each
+linear, convolution and normalisation layer. Dutt et al. found it the best
+PEFT method for CNNs on medical images.
+
+peft has no SSF, so it is written here: each adapted layer gets a child
+``ssf`` module and a forward hook (``y -> y * scale + shift`` over the channel
+dimension: the last one for token states, dimension 1 for feature maps).
+Merging folds the scale and shift into the layer's weight and bias, leaving
+the plain layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from peftlab.backbone import Backbone, select_layers
+from peftlab.methods.base import Method, freeze, register_method
+
+ADAPTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d,
+                 nn.BatchNorm3d, nn.GroupNorm)
+
+
+def _channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module.out_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    return module.num_features  # batch norms
+
+
+def _channel_dim(module: nn.Module) -> int:
+    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+
+
+class ScaleShift(nn.Module):
+    def __init__(self, channels: int, channel_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self.channel_dim = channel_dim
+
+    def forward(self, y: Tensor) -> Tensor:
+        shape = [1] * y.ndim
+        shape[self.channel_dim] = -1
+        return y * self.scale.view(shape) + self.shift.view(shape)
+
+
+def _ssf_hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
+    return module.ssf(output)
+
+
+@register_method("ssf")
+class SSF(Method):
+    """Scale and shift after every linear / convolution / normalisation layer of the chosen blocks.
+
+    Args:
+        layers: blocks to adapt (``None`` = all).
+    """
+
+    mergeable = True
+
+    def __init__(self, layers: list[int] | str | None = None) -> None:
+        self.layers = layers
+
+    def apply(self, backbone: Backbone) -> None:
+        freeze(backbone)
+        found = 0
+        for i in select_layers(backbone.num_blocks, self.layers):
+            for module in list(backbone.blocks[i].modules()):
+                if isinstance(module, ADAPTED_TYPES):
+                    module.add_module("ssf", ScaleShift(_channels(module), _channel_dim(module)))
+                    module.register_forward_hook(_ssf_hook)
+                    found += 1
+        if not found:
+            raise ValueError(f"ssf: {type(backbone).__name__} has no linear, convolution or norm layers in its blocks")
+
+    @torch.no_grad()
+    def merge(self, backbone: Backbone) -> None:
+        merged = 0
+        for module in list(backbone.modules()):
+            ssf = module._modules.get("ssf")
+            if not isinstance(ssf, ScaleShift):
+                continue
+            weight = getattr(module, "weight", None)
+            if weight is None:
+                raise ValueError(f"ssf: cannot merge into {type(module).__name__} without affine weights")
+            shape = [-1] + [1] * (weight.ndim - 1)
+            weight.mul_(ssf.scale.view(shape))
+            if module.bias is None:
+                module.bias = nn.Parameter(torch.zeros_like(ssf.shift), requires_grad=False)
+            module.bias.mul_(ssf.scale).add_(ssf.shift)
+            del module.ssf
+            for key, hook in list(module._forward_hooks.items()):
+                if hook is _ssf_hook:
+                    del module._forward_hooks[key]
+            merged += 1
+        if not merged:
+            raise ValueError("ssf: nothing to merge (was the method applied?)")

@@ -1,0 +1,93 @@
+"""The method x backbone matrix on imaging backbones: a ViT (timm
+VisionTransformer: class token, batch-first) and ResNet-50 (a CNN). Every
+registered method either keeps the foundation's guarantees or fails with a
+message that says why it cannot apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftlab import METHODS, build_method
+from peftlab_medical import TimmBackbone
+
+from tests.method_checks import check_method_guarantees
+
+VIT = dict(name="vit_tiny_patch16_224", img_size=32, depth=2, in_chans=1)  # D=192, 4 patches + class token
+D, F, L = 192, 768, 2
+RESNET_STAGES = [(64, 3), (128, 4), (256, 6), (512, 3)]  # (width, blocks) of ResNet-50
+
+
+def make(kind: str, seed: int = 0) -> TimmBackbone:
+    return TimmBackbone(**VIT, seed=seed) if kind == "vit" else TimmBackbone(name="resnet50", in_chans=1, seed=seed)
+
+
+def batch(kind: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    size = 32 if kind == "vit" else 64
+    return {"images": torch.randn(3, 1, size, size, generator=g), "labels": torch.tensor([0.5, -1.0, 2.0]),
+            "ids": ["a", "b", "c"]}
+
+
+def linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def resnet_blocks():
+    """(input channels, width) of every bottleneck block of ResNet-50."""
+    c_in = 64
+    for width, blocks in RESNET_STAGES:
+        for _ in range(blocks):
+            yield c_in, width
+            c_in = 4 * width
+
+
+VIT_EXPECTED = {
+    "full": (16 * 16 * 1 * D + D) + D + 5 * D + L * (2 * D + linear(D, 3 * D) + linear(D, D) + 2 * D
+                                                   + linear(D, F) + linear(F, D)) + 2 * D,
+    "linear_probe": 0,
+    "bitfit": D + L * (D + 3 * D + D + D + F + D) + D,  # patch-embedding bias, blocks, final norm
+    "lora": L * 4 * ((D + 3 * D) + (D + D)),
+    "ia3": L * (3 * D + F),
+    "adapter": L * 2 * (linear(D, 8) + linear(8, D)),
+    "adaptformer": L * (linear(D, 8) + linear(8, D)),
+    "prompt": 3 * D * L,
+    "ssf": L * 2 * (7 * D + F),
+}
+RESNET_EXPECTED = {
+    "full": 23_508_032 - 3 * 7 * 7 * 64 + 1 * 7 * 7 * 64,  # published ResNet-50 (no classifier), 1 input channel
+    "linear_probe": 0,
+    "bitfit": 26_560,  # every batch-norm bias; ResNet convolutions have none
+    "lora": sum(4 * (c_in + w) + 4 * (9 * w + w) + 4 * (w + 4 * w) for c_in, w in resnet_blocks()),
+    "ia3": sum(2 * w for _, w in resnet_blocks()),  # conv2 output scale + conv3 input scale
+    "ssf": 105_984,  # scale + shift per channel of every conv and batch norm in the blocks
+}
+OPTIONS = {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
+           "prompt": {"num_tokens": 3, "deep": True}}
+CANNOT_APPLY = {  # method -> why it refuses a CNN
+    "adapter": "bottleneck adapters act on token states",
+    "adaptformer": "bottleneck adapters act on token states",
+    "prompt": "has no such sequence",
+}
+
+
+def test_every_registered_method_is_in_the_imaging_matrix():
+    assert set(METHODS) == set(VIT_EXPECTED) == set(RESNET_EXPECTED) | set(CANNOT_APPLY)
+
+
+@pytest.mark.parametrize("name", sorted(VIT_EXPECTED))
+def test_methods_on_vit(name, tmp_path):
+    check_method_guarantees(lambda: make("vit"), batch("vit"), name, OPTIONS.get(name, {}), VIT_EXPECTED[name],
+                            D, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(RESNET_EXPECTED))
+def test_methods_on_resnet50(name, tmp_path):
+    check_method_guarantees(lambda: make("resnet"), batch("resnet"), name, OPTIONS.get(name, {}),
+                            RESNET_EXPECTED[name], 2048, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(CANNOT_APPLY))
+def test_token_methods_refuse_a_cnn_clearly(name):
+    with pytest.raises(ValueError, match=CANNOT_APPLY[name]):
+        build_method(name, **OPTIONS.get(name, {})).apply(make("resnet"))

@@ -167,3 +167,16 @@ def test_optimizer_groups_and_warmup_cosine_schedule():
     assert max(lrs) == pytest.approx(1e-3, rel=1e-3) and lrs.index(max(lrs)) in (99, 100)
     assert lrs[550] == pytest.approx(0.5e-3, rel=1e-2)  # cosine half-way point
     assert lrs[-1] < 1e-7
+
+
+def test_binary_balanced_accuracy_and_per_class_auroc():
+    m = build_metrics("binary", 1)
+    m.update(torch.tensor([0.9, 0.8, 0.7, 0.2, 0.6]), torch.tensor([1, 1, 1, 0, 0]))
+    out = m.compute()
+    # sensitivity 3/3, specificity 1/2
+    assert out["balanced_accuracy"].item() == pytest.approx(0.75)
+    mc = build_metrics("multiclass", 3)
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
+    mc.update(probs, torch.tensor([0, 1, 2, 1]))
+    per_class = mc.compute()["auroc_per_class"]
+    assert per_class.shape == (3,) and per_class[2].item() == pytest.approx(1.0)

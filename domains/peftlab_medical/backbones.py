@@ -54,7 +54,9 @@ class TimmBackbone(Backbone):
         in_chans: input channels (1 for grayscale scans).
         img_size: input size for ViT / DeiT / Swin (position embeddings are
             resized); CNNs take any size.
-        depth: number of blocks of a random-init ViT (offline tests and demos).
+        depth: number of blocks of a ViT (random init, or a local checkpoint of that depth).
+        patch_size: patch size of a ViT (e.g. 4 for 28 px MedMNIST images with a
+            random-init model; timm resamples pretrained patch filters to it).
         drop_path_rate: stochastic depth.
         freeze_batchnorm_stats: keep batch norms whose weights are frozen in
             eval mode while training, so their running statistics stay those
@@ -68,19 +70,22 @@ class TimmBackbone(Backbone):
 
     def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
                  checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
-                 depth: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
+                 depth: int | None = None, patch_size: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
                  seed: int = 0) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path, in_chans=in_chans,
-                              img_size=img_size, depth=depth, drop_path_rate=drop_path_rate,
+                              img_size=img_size, depth=depth, patch_size=patch_size, drop_path_rate=drop_path_rate,
                               freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed)
         kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
         if img_size is not None and not name.startswith("resnet"):
             kwargs["img_size"] = img_size
         if depth is not None:
-            if pretrained or checkpoint_path:
-                raise ValueError("depth only applies to random-init models (pretrained weights fix it)")
+            if pretrained and checkpoint_path is None:
+                raise ValueError("depth only applies to random-init models or local checkpoints of that depth "
+                                 "(hub weights fix it)")
             kwargs["depth"] = depth
+        if patch_size is not None:
+            kwargs["patch_size"] = patch_size
         if name.startswith("resnet") and not (pretrained or checkpoint_path):
             # timm zero-initialises each block's last batch norm, so a frozen random-init ResNet would
             # ignore everything inside its residual branches (and PEFT there could not learn)

@@ -9,6 +9,8 @@ so this module only records which one each benchmark reports.
 
 from __future__ import annotations
 
+from peftlab.metrics import benchmark_metric_from
+
 # benchmark -> (logged metric, better when)
 BENCHMARK_METRIC: dict[str, tuple[str, str]] = {
     "flip_gb1": ("test/spearman", "max"),      # Dallago et al. 2021
@@ -20,6 +22,4 @@ BENCHMARK_METRIC: dict[str, tuple[str, str]] = {
 
 
 def benchmark_metric(benchmark: str) -> str:
-    if benchmark not in BENCHMARK_METRIC:
-        raise ValueError(f"no standard metric recorded for {benchmark!r}; known: {', '.join(BENCHMARK_METRIC)}")
-    return BENCHMARK_METRIC[benchmark][0]
+    return benchmark_metric_from(BENCHMARK_METRIC, benchmark)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
@@ -71,6 +72,19 @@ def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> d
     if cli.trainer.log_dir:
         print(f"run folder      {cli.trainer.log_dir}")
     return summary
+
+
+def recipe_main(argv: list[str], setups_dir: Path, setups: tuple[str, ...], title: str) -> dict[str, Any]:
+    """What a domain recipe script runs: ``--setup NAME`` prepends
+    ``setups_dir/NAME.yaml`` (a published setup); every other argument goes to
+    :func:`fit_and_test` as for ``peftlab fit``."""
+    if "--setup" in argv:
+        i = argv.index("--setup")
+        name = argv[i + 1] if i + 1 < len(argv) else ""
+        if name not in setups:
+            raise SystemExit(f"--setup must be one of {', '.join(setups)}, got {name!r}")
+        argv = ["--config", str(setups_dir / f"{name}.yaml")] + argv[:i] + argv[i + 2:]
+    return fit_and_test(argv, title=title)
 
 
 if __name__ == "__main__":

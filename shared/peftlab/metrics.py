@@ -22,7 +22,20 @@ PRIMARY_METRIC = {
 }
 
 
+class BinaryBalancedAccuracy(tm.classification.BinaryStatScores):
+    """Mean of sensitivity and specificity. torchmetrics has it for multiclass
+    inputs only (macro accuracy), so this small subclass computes it from the
+    binary confusion counts."""
+
+    def compute(self) -> torch.Tensor:
+        tp, fp, tn, fn = self._final_state()
+        tp, fp, tn, fn = (t.sum().float() for t in (tp, fp, tn, fn))
+        return 0.5 * (tp / (tp + fn).clamp_min(1) + tn / (tn + fp).clamp_min(1))
+
+
 def build_metrics(task_type: str, num_outputs: int) -> tm.MetricCollection:
+    """Metrics per task. Vector-valued ones (per class, per label, per output)
+    are logged as one scalar per entry by PeftModule."""
     n = num_outputs
     if task_type == "regression":
         return tm.MetricCollection({
@@ -30,7 +43,8 @@ def build_metrics(task_type: str, num_outputs: int) -> tm.MetricCollection:
             "mse": tm.MeanSquaredError(num_outputs=n), "mae": tm.MeanAbsoluteError(num_outputs=n)})
     if task_type == "binary":
         return tm.MetricCollection({
-            "accuracy": tm.classification.BinaryAccuracy(), "mcc": tm.classification.BinaryMatthewsCorrCoef(),
+            "accuracy": tm.classification.BinaryAccuracy(), "balanced_accuracy": BinaryBalancedAccuracy(),
+            "mcc": tm.classification.BinaryMatthewsCorrCoef(),
             "f1": tm.classification.BinaryF1Score(), "auroc": tm.classification.BinaryAUROC()})
     if task_type == "multiclass":
         return tm.MetricCollection({
@@ -38,11 +52,13 @@ def build_metrics(task_type: str, num_outputs: int) -> tm.MetricCollection:
             "balanced_accuracy": tm.classification.MulticlassAccuracy(n, average="macro"),
             "mcc": tm.classification.MulticlassMatthewsCorrCoef(n),
             "f1": tm.classification.MulticlassF1Score(n, average="macro"),
-            "auroc": tm.classification.MulticlassAUROC(n, average="macro")})
+            "auroc": tm.classification.MulticlassAUROC(n, average="macro"),
+            "auroc_per_class": tm.classification.MulticlassAUROC(n, average=None)})
     if task_type == "multilabel":
         return tm.MetricCollection({
             "accuracy": tm.classification.MultilabelAccuracy(n), "f1": tm.classification.MultilabelF1Score(n),
-            "auroc": tm.classification.MultilabelAUROC(n, average="macro")})
+            "auroc": tm.classification.MultilabelAUROC(n, average="macro"),
+            "auroc_per_label": tm.classification.MultilabelAUROC(n, average=None)})
     if task_type == "token_classification":
         return tm.MetricCollection({
             "accuracy": tm.classification.MulticlassAccuracy(n, average="micro", ignore_index=IGNORE_INDEX)})
@@ -68,3 +84,11 @@ def loss_and_predictions(task_type: str, logits: Tensor, labels: Tensor) -> tupl
         flat, y = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long()
         return F.cross_entropy(flat, y, ignore_index=IGNORE_INDEX), flat.float().softmax(-1), y
     raise ValueError(f"unknown task_type {task_type!r}")
+
+
+def benchmark_metric_from(table: dict[str, tuple[str, str]], benchmark: str) -> str:
+    """The logged metric a benchmark reports, from a domain's table
+    (benchmark -> (metric, "max" | "min"))."""
+    if benchmark not in table:
+        raise ValueError(f"no standard metric recorded for {benchmark!r}; known: {', '.join(table)}")
+    return table[benchmark][0]

@@ -112,9 +112,23 @@ class PeftModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.val_metrics.update(preds, target)
 
+    def _log_metrics(self, metrics) -> None:
+        """Log every metric as scalars: a vector (per class, label or output)
+        becomes ``<name>/<label name or index>``."""
+        values = {}
+        for name, value in metrics.compute().items():
+            value = value.float()
+            if value.ndim == 0:
+                values[name] = value
+                continue
+            names = self.label_names if self.label_names and len(self.label_names) == len(value) else None
+            for i, v in enumerate(value):
+                values[f"{name}/{names[i] if names else i}"] = v
+        self.log_dict(values)
+        metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
-        self.val_metrics.reset()
+        self._log_metrics(self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, preds, target = self._step(batch)
@@ -122,8 +136,7 @@ class PeftModule(L.LightningModule):
         self.test_metrics.update(preds, target)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         logits = self(batch)

@@ -17,20 +17,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from peftlab.cli import fit_and_test
+from peftlab.cli import recipe_main
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "protein"
 SETUPS = ("sledzieski2024", "schmirler2024")
 
 
 def main(argv: list[str]) -> dict:
-    if "--setup" in argv:
-        i = argv.index("--setup")
-        name = argv[i + 1] if i + 1 < len(argv) else ""
-        if name not in SETUPS:
-            raise SystemExit(f"--setup must be one of {', '.join(SETUPS)}, got {name!r}")
-        argv = ["--config", str(CONFIGS / f"{name}.yaml")] + argv[:i] + argv[i + 2:]
-    return fit_and_test(argv, title="peftlab protein fine-tuning")
+    return recipe_main(argv, CONFIGS, SETUPS, title="peftlab protein fine-tuning")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -74,9 +75,56 @@ def test_cli_runs_the_flip_config_on_a_csv_given_on_the_command_line(tmp_path):
           "--trainer.precision=32-true", f"--trainer.default_root_dir={tmp_path}"])
 
 
+# ---- medical imaging configs ------------------------------------------------------------
+TINY_VIT = ["--model.backbone.init_args.pretrained=false", "--model.backbone.init_args.depth=2",
+            "--model.backbone.init_args.img_size=28", "--model.backbone.init_args.patch_size=4"]
+SMALL_IMAGES = ["--data.init_args.num_images=40", "--data.init_args.batch_size=8"]
+
+
+def imaging_backbone_configs() -> list[str]:
+    return sorted(p.name for p in (CONFIGS / "medical").glob("*.yaml")
+                  if p.name not in ("medmnist.yaml", "synthetic_lesion.yaml"))
+
+
+@pytest.mark.parametrize("method_yaml", method_configs())
+def test_cli_runs_every_method_config_on_a_vit(method_yaml, tmp_path):
+    main(["fit", *cfg("medical/vit_tiny.yaml", f"methods/{method_yaml}", "medical/synthetic_lesion.yaml"),
+          *TINY_VIT, *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("backbone_yaml", imaging_backbone_configs())
+def test_cli_runs_every_imaging_backbone_config(backbone_yaml, tmp_path):
+    # configs that name published weights run here with random init (and fewer blocks for ViTs) at 28 px
+    text = (CONFIGS / "medical" / backbone_yaml).read_text()
+    extra = [] if "method:" in text else cfg("methods/lora.yaml")
+    shrink = ["--model.backbone.init_args.pretrained=false"]
+    if "vit_" in text or "deit_" in text:
+        shrink += ["--model.backbone.init_args.depth=2", "--model.backbone.init_args.img_size=28",
+                   "--model.backbone.init_args.patch_size=4"]
+    elif "swin_" in text:
+        shrink += ["--model.backbone.init_args.img_size=32", "--data.init_args.image_size=32",
+                   "--model.backbone.init_args.in_chans=1"]
+    main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/synthetic_lesion.yaml"), *shrink,
+          *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_cli_runs_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    main(["fit", *cfg("medical/vit_tiny.yaml", "methods/lora.yaml", "medical/medmnist.yaml"), *TINY_VIT,
+          "--data.path", str(tmp_path / "tiny.npz"), "--data.init_args.batch_size=8", *FAST,
+          f"--trainer.default_root_dir={tmp_path}"])
+
+
 def test_every_yaml_is_covered_by_a_cli_test():
     covered = {f"methods/{m}" for m in method_configs()} | {f"protein/{b}" for b in backbone_configs()}
     covered |= {"protein/esm2_tiny.yaml", "protein/synthetic_motif.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"}
+    covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/medmnist.yaml",
+                                                                        "medical/synthetic_lesion.yaml"}
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
     assert found <= covered, f"configs without a CLI test: {sorted(found - covered)}"
 

@@ -7,13 +7,13 @@ print metrics and cost.
 
     # MeLo (needs the ViT-B/16 weights and the data)
     python domains/peftlab_medical/recipes/finetune.py --setup melo \
-        --config configs/medical/pneumoniamnist.yaml --data.path pneumoniamnist.npz
+        --config configs/medical/medmnist.yaml --data.path pneumoniamnist.npz --data.image_size 224
 
     # a Dutt-style comparison: one run per method config, same backbone and data
     for m in full linear_probe bitfit lora ssf adapter adaptformer prompt_deep; do
         python domains/peftlab_medical/recipes/finetune.py --config configs/medical/vit_base.yaml \
-            --config configs/methods/$m.yaml --config configs/medical/pneumoniamnist.yaml \
-            --data.path pneumoniamnist.npz
+            --config configs/methods/$m.yaml --config configs/medical/medmnist.yaml \
+            --data.path pneumoniamnist.npz --data.image_size 224
     done
 
 ``--setup NAME`` prepends ``configs/medical/NAME.yaml``; every other argument

@@ -180,3 +180,13 @@ def test_binary_balanced_accuracy_and_per_class_auroc():
     mc.update(probs, torch.tensor([0, 1, 2, 1]))
     per_class = mc.compute()["auroc_per_class"]
     assert per_class.shape == (3,) and per_class[2].item() == pytest.approx(1.0)
+
+
+def test_data_error_names_file_and_record_and_survives_pickling():
+    import pickle
+
+    from peftlab.data import DataError
+    err = DataError("data/x.csv", "row7", "target 'abc' is not a number")
+    assert str(err) == "data/x.csv, record row7: target 'abc' is not a number"
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, DataError) and str(back) == str(err) and back.record == "row7"

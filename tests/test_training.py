@@ -120,11 +120,70 @@ def test_cli_runs_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_pa
           f"--trainer.default_root_dir={tmp_path}"])
 
 
+# ---- speech configs -------------------------------------------------------------------------
+TINY_ENCODER = ["--model.backbone.init_args.pretrained=false", "--model.backbone.init_args.num_layers=2",
+                "--model.backbone.init_args.embed_dim=64", "--model.backbone.init_args.num_heads=4",
+                "--model.backbone.init_args.ff_dim=128", "--model.backbone.init_args.conv_channels=32"]
+SMALL_CLIPS = ["--data.init_args.num_clips=40", "--data.init_args.batch_size=8"]
+SPEECH_DATA = ("fsdd.yaml", "speech_commands.yaml", "emotion_csv.yaml", "synthetic_tones.yaml")
+
+
+def speech_backbone_configs() -> list[str]:
+    return sorted(p.name for p in (CONFIGS / "speech").glob("*.yaml") if p.name not in SPEECH_DATA)
+
+
+@pytest.mark.parametrize("method_yaml", method_configs())
+def test_cli_runs_every_method_config_on_a_speech_encoder(method_yaml, tmp_path):
+    main(["fit", *cfg("speech/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/synthetic_tones.yaml"),
+          *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("backbone_yaml", speech_backbone_configs())
+def test_cli_runs_every_speech_backbone_config(backbone_yaml, tmp_path):
+    text = (CONFIGS / "speech" / backbone_yaml).read_text()
+    extra = [] if "method:" in text else cfg("methods/lora.yaml")
+    main(["fit", *cfg(f"speech/{backbone_yaml}"), *extra, *cfg("speech/synthetic_tones.yaml"), *TINY_ENCODER,
+          *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("data_yaml", ["fsdd.yaml", "speech_commands.yaml", "emotion_csv.yaml"])
+def test_cli_runs_every_speech_data_config_on_files_given_on_the_command_line(data_yaml, tmp_path):
+    import soundfile as sf
+    rate, tone = 16000, np.sin(np.linspace(0, 800 * np.pi, 8000)).astype("float32")
+    if data_yaml == "fsdd.yaml":
+        root = tmp_path / "fsdd" / "recordings"
+        root.mkdir(parents=True)
+        for digit in range(2):
+            for take in (0, 1, 5, 6, 7, 8):
+                sf.write(root / f"{digit}_alice_{take}.wav", tone * (digit + 1) / 2, 8000)
+        path = tmp_path / "fsdd"
+    elif data_yaml == "speech_commands.yaml":
+        path = tmp_path / "sc"
+        for word in ("yes", "no", "cat"):
+            (path / word).mkdir(parents=True)
+            for i in range(4):
+                sf.write(path / word / f"spk{i}_nohash_0.wav", tone, rate)
+        (path / "_background_noise_").mkdir()
+        sf.write(path / "_background_noise_" / "white.wav", np.random.default_rng(0).normal(size=12 * rate) * 0.1, rate)  # 10 % of it >= 1 s
+        (path / "validation_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk0_nohash_0.wav\n")
+        (path / "testing_list.txt").write_text("yes/spk1_nohash_0.wav\nno/spk1_nohash_0.wav\n")
+    else:
+        rows = ["path,label"]
+        for i in range(12):
+            sf.write(tmp_path / f"clip{i}.wav", tone, rate)
+            rows.append(f"clip{i}.wav,{'happy' if i % 2 else 'sad'}")
+        path = tmp_path / "emotion.csv"
+        path.write_text("\n".join(rows) + "\n")
+    main(["fit", *cfg("speech/hubert_tiny.yaml", "methods/lora.yaml", f"speech/{data_yaml}"),
+          "--data.path", str(path), "--data.init_args.batch_size=4", *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
 def test_every_yaml_is_covered_by_a_cli_test():
     covered = {f"methods/{m}" for m in method_configs()} | {f"protein/{b}" for b in backbone_configs()}
     covered |= {"protein/esm2_tiny.yaml", "protein/synthetic_motif.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"}
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/medmnist.yaml",
                                                                         "medical/synthetic_lesion.yaml"}
+    covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/{d}" for d in SPEECH_DATA}
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
     assert found <= covered, f"configs without a CLI test: {sorted(found - covered)}"
 

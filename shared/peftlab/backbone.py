@@ -77,6 +77,7 @@ class Backbone(nn.Module):
     num_prefix_tokens: int = 0
     target_presets: dict[str, tuple[str, ...]] = {}
     default_targets: str = "attention"
+    preset_notes: dict[str, str] = {}  # why a usual preset is missing on this backbone
     adapter_sites: dict[str, str] = {}
     token_sequence: bool = True
 
@@ -101,6 +102,12 @@ class Backbone(nn.Module):
     def config(self) -> dict[str, Any]:
         """Architecture facts that identify this backbone (sizes, source)."""
         return {}
+
+    def always_frozen(self) -> list[nn.Parameter]:
+        """Parameters that stay frozen whatever the method (e.g. a speech
+        encoder's convolutional front end); PeftModule freezes them after the
+        method is applied."""
+        return []
 
     # ---- shared behaviour -------------------------------------------------------------
     @property
@@ -189,6 +196,8 @@ def resolve_targets(backbone: Backbone, targets: str | list[str] | None, layers:
         targets = backbone.default_targets
     if isinstance(targets, str):
         if targets not in backbone.target_presets:
+            if targets in backbone.preset_notes:
+                raise ValueError(f"{backbone.name} has no target preset {targets!r}: {backbone.preset_notes[targets]}")
             raise ValueError(f"{type(backbone).__name__} has no target preset {targets!r}; "
                              f"presets: {', '.join(sorted(backbone.target_presets))}, or give a list of "
                              f"block-relative module names")

@@ -34,6 +34,9 @@ class DataError(ValueError):
         where = f"{path}" if record is None else f"{path}, record {record}"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # so the error survives DataLoader workers (they pickle exceptions)
+        return type(self), (self.path, self.record, self.problem)
+
 
 def check_task_type(task_type: str) -> str:
     if task_type not in TASK_TYPES:

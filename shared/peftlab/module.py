@@ -60,6 +60,8 @@ class PeftModule(L.LightningModule):
         self.backbone_identity = backbone.identity()  # before the method touches it
         self.backbone_spec = backbone.spec()
         self.method.apply(backbone)
+        for p in backbone.always_frozen():
+            p.requires_grad_(False)
         self.backbone = backbone
         self.head = TaskHead(backbone.embed_dim, task_type, num_outputs, pooling, head_hidden_dim, head_dropout)
         self.task_type, self.num_outputs, self.label_names = task_type, num_outputs, label_names

@@ -17,16 +17,20 @@ from peftlab.methods.base import Method, freeze, register_method
 
 def merge_peft_layers(backbone: nn.Module) -> int:
     """Fold every peft layer into its base layer and put the base layer back in
-    its place, so no peft module is left. Returns how many were merged."""
+    its place, outermost first (peft nests a layer inside nn.MultiheadAttention's
+    wrapper), until no peft module is left. Returns how many were merged."""
     replaced = 0
-    for name, module in list(backbone.named_modules()):
-        if isinstance(module, BaseTunerLayer) and name:
+    while True:
+        found = next(((n, m) for n, m in backbone.named_modules() if n and isinstance(m, BaseTunerLayer)), None)
+        if found is None:
+            return replaced
+        name, module = found
+        if not module.merged:
             module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = backbone.get_submodule(parent_name) if parent_name else backbone
-            setattr(parent, child, module.get_base_layer())
-            replaced += 1
-    return replaced
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name) if parent_name else backbone
+        setattr(parent, child, module.get_base_layer())
+        replaced += 1
 
 
 class _PeftMethod(Method):

@@ -71,8 +71,12 @@ class SSF(Method):
         freeze(backbone)
         found = 0
         for i in select_layers(backbone.num_blocks, self.layers):
-            for module in list(backbone.blocks[i].modules()):
-                if isinstance(module, ADAPTED_TYPES):
+            block = backbone.blocks[i]
+            # nn.MultiheadAttention reads its out_proj weight directly (no forward call), so a hook
+            # there would never run: leave it out rather than train dead parameters
+            fused = {id(m.out_proj) for m in block.modules() if isinstance(m, nn.MultiheadAttention)}
+            for module in list(block.modules()):
+                if isinstance(module, ADAPTED_TYPES) and id(module) not in fused:
                     module.add_module("ssf", ScaleShift(_channels(module), _channel_dim(module)))
                     module.register_forward_hook(_ssf_hook)
                     found += 1

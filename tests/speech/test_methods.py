@@ -1,0 +1,91 @@
+"""The method x backbone matrix on speech encoders built by torchaudio:
+wav2vec2 (separate q/k/v projections) and WavLM (attention in
+nn.MultiheadAttention's fused kernel, relative position bias). Every
+registered method keeps the foundation's guarantees or fails saying why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftlab import METHODS, build_method
+from peftlab_speech.backbones import TorchaudioEncoder
+
+from tests.method_checks import check_method_guarantees
+
+D, F, H, L, C, K = 64, 128, 4, 2, 32, 128  # width, MLP, heads, blocks, conv channels, pos-conv kernel
+TINY = dict(num_layers=L, embed_dim=D, num_heads=H, ff_dim=F, conv_channels=C)
+
+
+def make(family: str, seed: int = 0) -> TorchaudioEncoder:
+    return TorchaudioEncoder("wav2vec2_base" if family == "wav2vec2" else "wavlm_base", seed=seed, **TINY)
+
+
+def batch() -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"waveforms": torch.randn(3, 6000, generator=g), "lengths": torch.tensor([6000, 6000, 4000]),
+            "labels": torch.tensor([0.5, -1.0, 2.0]), "ids": ["a", "b", "c"]}
+
+
+def linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+BOTTLENECK = linear(D, 8) + linear(8, D)
+COMMON = {  # outside the blocks, the feature extractor excluded: projection, positional conv, encoder norm
+    "full": 2 * C + linear(C, D) + (K + D * (D // 16) * K + D) + 2 * D,
+    "bitfit": C + D + D + D,
+}
+EXPECTED = {
+    "wav2vec2": {
+        "full": COMMON["full"] + L * (4 * linear(D, D) + 2 * D + linear(D, F) + linear(F, D) + 2 * D),
+        "linear_probe": 0,
+        "bitfit": COMMON["bitfit"] + L * (4 * D + D + F + D + D),
+        "lora": L * 4 * 4 * 2 * D,
+        "ia3": L * (2 * D + F),
+        "adapter": L * 2 * BOTTLENECK,
+        "adaptformer": L * BOTTLENECK,
+        "prompt": 3 * D * L,
+        "ssf": L * 2 * (7 * D + F),
+    },
+    "wavlm": {
+        "full": COMMON["full"] + 320 * H + L * (linear(D, 3 * D) + linear(D, D) + linear(D // H, 8) + H
+                                                + 2 * D + linear(D, F) + linear(F, D) + 2 * D),
+        "linear_probe": 0,
+        "bitfit": COMMON["bitfit"] + L * (3 * D + D + 8 + D + F + D + D),
+        "lora": L * 4 * ((D + F) + (F + D)),  # the MLP: attention is out of reach (see below)
+        "ia3": L * 2 * F,
+        "adapter": L * BOTTLENECK,  # pfeiffer: after the MLP
+        "adaptformer": L * BOTTLENECK,
+        "prompt": 3 * D * L,
+        "ssf": L * 2 * (8 + D + F + D + D),  # gru gate, norms, MLP; not the fused attention output
+    },
+}
+OPTIONS = {"wav2vec2": {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
+                        "prompt": {"num_tokens": 3, "deep": True}},
+           "wavlm": {"lora": {"r": 4}, "adapter": {"bottleneck": 8, "placement": "pfeiffer"},
+                     "adaptformer": {"bottleneck": 8}, "prompt": {"num_tokens": 3, "deep": True}}}
+CASES = [(f, m) for f in EXPECTED for m in sorted(EXPECTED[f])]
+
+
+def test_every_registered_method_is_in_the_speech_matrix():
+    assert all(set(METHODS) == set(table) for table in EXPECTED.values())
+
+
+@pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{m}" for f, m in CASES])
+def test_methods_on_torchaudio_encoders(family, name, tmp_path):
+    check_method_guarantees(lambda: make(family), batch(), name, OPTIONS[family].get(name, {}),
+                            EXPECTED[family][name], D, tmp_path)
+
+
+def test_feature_extractor_stays_frozen_even_for_full_fine_tuning():
+    from peftlab import PeftModule
+    module = PeftModule(make("wav2vec2"), build_method("full"), task_type="multiclass", num_outputs=3)
+    assert not any(p.requires_grad for p in module.backbone.model.feature_extractor.parameters())
+
+
+def test_wavlm_attention_targets_and_houlsby_adapters_say_why_not():
+    with pytest.raises(ValueError, match="fused kernel, which injected layers cannot reach"):
+        build_method("lora", targets="attention").apply(make("wavlm"))
+    with pytest.raises(ValueError, match="no 'attention_out' adapter site"):
+        build_method("adapter", placement="houlsby").apply(make("wavlm"))

@@ -190,3 +190,16 @@ def test_data_error_names_file_and_record_and_survives_pickling():
     assert str(err) == "data/x.csv, record row7: target 'abc' is not a number"
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, DataError) and str(back) == str(err) and back.record == "row7"
+
+
+def test_assign_splits_carves_missing_splits_and_refuses_partial_marks():
+    from types import SimpleNamespace
+
+    from peftlab.data import DataError, assign_splits
+    recs = [SimpleNamespace(id=f"r{i}", split="train" if i < 18 else "test") for i in range(20)]
+    out = assign_splits(recs, 0.25, 0.1, seed=0, source="f.csv")
+    assert [len(out[s]) for s in ("train", "val", "test")] == [14, 4, 2]  # val carved from the 18 train rows
+    assert {r.id for r in out["val"]} <= {f"r{i}" for i in range(18)}
+    recs[3].split = None
+    with pytest.raises(DataError, match=r"^f.csv, record r3: has no split"):
+        assign_splits(recs, 0.25, 0.1, seed=0, source="f.csv")

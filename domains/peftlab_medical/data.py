@@ -71,7 +71,7 @@ from monai.transforms import (
 )
 from monai.utils import MAX_SEED
 
-from peftlab.data import DataError, PeftDataModule, seeded_split
+from peftlab.data import DataError, PeftDataModule, assign_splits
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -158,27 +158,6 @@ def _sorted_names(names: set[str]) -> list[str]:
     if names and all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
     return sorted(names)
-
-
-def _fill_missing_splits(records: list[ImageRecord], val_fraction: float, test_fraction: float,
-                         seed: int) -> dict[str, list[ImageRecord]]:
-    """Records grouped by their split; a split nobody is marked for is carved out of train.
-
-    Without any split marks, :func:`peftlab.data.seeded_split` splits all records.
-    """
-    if all(r.split is None for r in records):
-        idx = seeded_split(len(records), val_fraction, test_fraction, seed)
-        return {s: [records[i] for i in idx[s]] for s in ("train", "val", "test")}
-    splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
-    carve_val = 0.0 if splits["val"] else val_fraction
-    carve_test = 0.0 if splits["test"] else test_fraction
-    if carve_val or carve_test:
-        train = splits["train"]
-        idx = seeded_split(len(train), carve_val, carve_test, seed)
-        splits = {"train": [train[i] for i in idx["train"]],
-                  "val": splits["val"] or [train[i] for i in idx["val"]],
-                  "test": splits["test"] or [train[i] for i in idx["test"]]}
-    return splits
 
 
 def _check_channels(found: int, wanted: int | None, path: PathLike, record: Any) -> None:
@@ -439,19 +418,6 @@ class MedicalImageDataModule(PeftDataModule):
     # ---- PeftDataModule hooks -----------------------------------------------------------
     def load_splits(self) -> dict[str, list[ImageRecord]]:
         return self.read_splits()
-
-    @property
-    def num_outputs(self) -> int:
-        if self._num_outputs is None:
-            self.splits  # reading the data fixes the labels
-        assert self._num_outputs is not None
-        return self._num_outputs
-
-    @property
-    def label_names(self) -> list[str] | None:
-        if self._num_outputs is None:
-            self.splits
-        return None if self._label_names is None else list(self._label_names)
 
     def record_length(self, record: ImageRecord) -> int:
         return 1
@@ -865,7 +831,7 @@ class ImageFolderDataModule(MedicalImageDataModule):
         records = [ImageRecord(id=f.relative_to(root).as_posix(), image=str(f), label=index[name], split=split)
                    for split, name, f in scanned]
         self._set_classes(names, len(names))
-        return _fill_missing_splits(records, self.val_fraction, self.test_fraction, self.seed)
+        return assign_splits(records, self.val_fraction, self.test_fraction, self.seed, self.path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1051,4 +1017,4 @@ class ImageCSVDataModule(MedicalImageDataModule):
             index = {name: i for i, name in enumerate(names)}
             records = [ImageRecord(r.id, str(r.image), index[r.labels[0]], r.split) for r in rows]
             self._set_classes(names, len(names))
-        return _fill_missing_splits(records, self.val_fraction, self.test_fraction, self.seed)
+        return assign_splits(records, self.val_fraction, self.test_fraction, self.seed, self.path)

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from peftlab.data import IGNORE_INDEX, DataError, PeftDataModule, seeded_split
+from peftlab.data import IGNORE_INDEX, DataError, PeftDataModule, assign_splits
 from peftlab_protein.backbones import esm_alphabet  # the ESM-1b/ESM-2 alphabet of fair-esm
 
 __all__ = [
@@ -555,7 +555,7 @@ class ProteinDataModule(PeftDataModule):
 
     def load_splits(self) -> dict[str, list[ProteinRecord]]:
         records = self._resolve_labels(self.read_records())
-        return self._assign_splits(records)
+        return assign_splits(records, self.val_fraction, self.test_fraction, self.seed, self.source)
 
     def _resolve_labels(self, records: list[ProteinRecord]) -> list[ProteinRecord]:
         """Fix the label vocabulary on all records at once, so every split maps labels alike."""
@@ -594,36 +594,7 @@ class ProteinDataModule(PeftDataModule):
         self._label_names, self._num_outputs = given, 1  # binary
         return records
 
-    def _assign_splits(self, records: list[ProteinRecord]) -> dict[str, list[ProteinRecord]]:
-        marked = [r for r in records if r.split is not None]
-        if not marked:
-            idx = seeded_split(len(records), self.val_fraction, self.test_fraction, self.seed)
-            return {s: [records[i] for i in idx[s]] for s in ("train", "val", "test")}
-        if len(marked) != len(records):
-            first = next(r for r in records if r.split is None)
-            raise DataError(self.source, first.id, "no set/SET value, while other records have one")
-        splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
-        if not splits["val"]:  # no validation marks: carve val out of train
-            train = splits["train"]
-            idx = seeded_split(len(train), self.val_fraction, 0.0, self.seed)
-            splits["train"] = [train[i] for i in idx["train"]]
-            splits["val"] = [train[i] for i in idx["val"]]
-        return splits
-
     # ---- task description -----------------------------------------------------------
-    @property
-    def num_outputs(self) -> int:
-        if self._num_outputs is None:
-            self.splits  # reading the data fixes the label vocabulary
-        assert self._num_outputs is not None
-        return self._num_outputs
-
-    @property
-    def label_names(self) -> list[str] | None:
-        if self._num_outputs is None:
-            self.splits
-        return None if self._label_names is None else list(self._label_names)
-
     def record_length(self, record: ProteinRecord) -> int:
         """Residues the model sees (the sequence length, after cropping to ``max_length``)."""
         return min(len(record.sequence), self.max_length)

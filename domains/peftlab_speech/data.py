@@ -56,7 +56,7 @@ import torch
 import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from peftlab.data import DataError, PeftDataModule, seeded_split
+from peftlab.data import DataError, PeftDataModule, assign_splits, seeded_split
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -572,7 +572,7 @@ class AudioDataModule(PeftDataModule):
     # ---- loading ----------------------------------------------------------------------
     def load_splits(self) -> dict[str, list[AudioRecord]]:
         records = self._resolve_labels(self.read_records())
-        splits = self._assign_splits(records)
+        splits = assign_splits(records, self.val_fraction, self.test_fraction, self.seed, self.source)
         if self.check_files:
             for split_records in splits.values():
                 for r in split_records:
@@ -595,22 +595,6 @@ class AudioDataModule(PeftDataModule):
                 raise DataError(self.source, r.id, f"label {r.label!r} is not one of label_names {names}")
         self._label_names = list(names)
         return [dataclasses.replace(r, label=index[str(r.label)]) for r in records]
-
-    def _assign_splits(self, records: list[AudioRecord]) -> dict[str, list[AudioRecord]]:
-        """Splits from the records' ``split``; seeded ones where the data gives none."""
-        marked = [r for r in records if r.split is not None]
-        if not marked:
-            idx = seeded_split(len(records), self.val_fraction, self.test_fraction, self.seed)
-            return {s: [records[i] for i in idx[s]] for s in ("train", "val", "test")}
-        if len(marked) != len(records):
-            first = next(r for r in records if r.split is None)
-            raise DataError(self.source, first.id, "no split value, while other records have one")
-        splits = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
-        if not splits["val"]:  # no validation marks: carve val out of train
-            train = splits["train"]
-            idx = seeded_split(len(train), self.val_fraction, 0.0, self.seed)
-            splits["train"], splits["val"] = [train[i] for i in idx["train"]], [train[i] for i in idx["val"]]
-        return splits
 
     @property
     def noise_records(self) -> list[AudioRecord]:

@@ -59,6 +59,33 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
     }
 
 
+def assign_splits(records: Sequence[Any], val_fraction: float, test_fraction: float, seed: int,
+                  source: Any) -> dict[str, list[Any]]:
+    """Group records (with ``id`` and ``split`` attributes) into train / val / test.
+
+    With no split marks at all, a seeded random split; a split that nobody is
+    marked for (often val) is carved out of train with its fraction. Some
+    records marked and others not is an error naming the first unmarked one.
+    """
+    marked = [r for r in records if r.split is not None]
+    if not marked:
+        idx = seeded_split(len(records), val_fraction, test_fraction, seed)
+        return {s: [records[i] for i in idx[s]] for s in SPLITS}
+    if len(marked) != len(records):
+        first = next(r for r in records if r.split is None)
+        raise DataError(source, first.id, "has no split (set / split value), while other records have one")
+    splits = {s: [r for r in records if r.split == s] for s in SPLITS}
+    carve_val = 0.0 if splits["val"] else val_fraction
+    carve_test = 0.0 if splits["test"] else test_fraction
+    if carve_val or carve_test:
+        train = splits["train"]
+        idx = seeded_split(len(train), carve_val, carve_test, seed)
+        splits = {"train": [train[i] for i in idx["train"]],
+                  "val": splits["val"] or [train[i] for i in idx["val"]],
+                  "test": splits["test"] or [train[i] for i in idx["test"]]}
+    return splits
+
+
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Batches of similar length, in a random order that changes every epoch.
 
@@ -176,14 +203,25 @@ class PeftDataModule(L.LightningDataModule):
         transforms per item, e.g. MONAI datasets; ``collate`` then gets its items)."""
         return _ListDataset(records)
 
+    # ``load_splits`` sets these while reading (the label vocabulary comes from the data)
+    _num_outputs: int | None = None
+    _label_names: list[str] | None = None
+
     @property
     def num_outputs(self) -> int:
         """Outputs of the task head: 1 for binary/regression, classes or labels otherwise."""
-        raise NotImplementedError
+        if self._num_outputs is None:
+            self.splits  # reading the data fixes the labels
+        if self._num_outputs is None:
+            raise NotImplementedError(f"{type(self).__name__}.load_splits must set _num_outputs")
+        return self._num_outputs
 
     @property
     def label_names(self) -> list[str] | None:
-        return None
+        """Class (or label) names in output order, when the data has them."""
+        if self._num_outputs is None:
+            self.splits
+        return None if self._label_names is None else list(self._label_names)
 
     # ---- shared behaviour ----------------------------------------------------------
     @property

@@ -306,7 +306,7 @@ def test_bad_fasta_names_file_and_record(tmp_path):
 
 def test_mixed_split_marks_and_unknown_suffix(tmp_path):
     path = write(tmp_path / "d.fasta", ">S1 TARGET=1 SET=train\nMKV\n>S2 TARGET=2\nMKL\n")
-    with raises_data_error(path, "S2", "no set/SET value"):
+    with raises_data_error(path, "S2", "has no split .*while other records have one"):
         ProteinDataModule(path=str(path)).splits
     odd = write(tmp_path / "d.txt", FLIP_CSV)
     with raises_data_error(odd, None, "cannot tell the format"):

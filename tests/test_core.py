@@ -203,3 +203,26 @@ def test_assign_splits_carves_missing_splits_and_refuses_partial_marks():
     recs[3].split = None
     with pytest.raises(DataError, match=r"^f.csv, record r3: has no split"):
         assign_splits(recs, 0.25, 0.1, seed=0, source="f.csv")
+
+
+def test_layer_weighted_sum_trains_one_weight_per_layer_and_round_trips(tmp_path):
+    from peftlab.heads import LayerWeightedSum
+
+    toy = make_backbone("toy")  # 2 blocks: embeddings + 2 layer outputs
+    module = PeftModule(toy, build_method("linear_probe"), task_type="multiclass", num_outputs=3,
+                        layer_weighted_sum=True)
+    assert isinstance(module.head.layer_sum, LayerWeightedSum)
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == 3 + (32 * 3 + 3)
+    batch = {"tokens": torch.randint(1, 33, (2, 7)), "labels": torch.tensor([0, 2]), "ids": ["a", "b"]}
+    module._step(batch)[0].backward()
+    assert module.head.layer_sum.weights.grad.abs().sum() > 0
+    with torch.no_grad():
+        module.head.layer_sum.weights.copy_(torch.tensor([0.0, 5.0, -5.0]))
+    save_adapter(module, tmp_path)
+    reloaded = load_adapter(tmp_path).eval()
+    module.eval()
+    torch.testing.assert_close(reloaded(batch), module(batch), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs per-layer token states"):
+        from peftlab_medical import TimmBackbone
+        PeftModule(TimmBackbone(name="resnet50"), build_method("linear_probe"), task_type="binary",
+                   num_outputs=1, layer_weighted_sum=True)

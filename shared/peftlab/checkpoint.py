@@ -91,7 +91,8 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     head = meta["head"]
     module = PeftModule(backbone, build_method_from_spec(meta["method"]), task_type=head["task_type"],
                         num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
-                        pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"])
+                        pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
+                        layer_weighted_sum=head.get("layer_weighted_sum", False))
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise AdapterFileError(f"{weights_path}: file not found")

@@ -39,16 +39,38 @@ class Pooling(nn.Module):
         return (f.hidden * weights).sum(1)
 
 
+class LayerWeightedSum(nn.Module):
+    """SUPERB's featurizer (Yang et al. 2021): a softmax-weighted sum of every
+    layer's states (embeddings included), each layer-normalised first. Chen et
+    al. 2022 found it strong alone and with adapters. The weights start equal."""
+
+    def __init__(self, num_layers: int, dim: int) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.dim = dim
+
+    def forward(self, f: Features) -> Features:
+        if f.layers is None:
+            raise ValueError("the weighted layer sum needs per-layer states; this backbone gave none")
+        if len(f.layers) != len(self.weights):
+            raise ValueError(f"the weighted layer sum was built for {len(self.weights)} layers, got {len(f.layers)}")
+        stacked = torch.stack([nn.functional.layer_norm(x, (self.dim,)) for x in f.layers])  # [L, B, T, D]
+        hidden = (self.weights.softmax(0).view(-1, 1, 1, 1) * stacked).sum(0)
+        return Features(hidden=hidden, mask=f.mask, cls=hidden[:, 0] if f.cls is not None else None, layers=f.layers)
+
+
 class TaskHead(nn.Module):
-    """Pooling (for sequence tasks) + an optional hidden layer + the output layer.
+    """An optional weighted layer sum, pooling (for sequence tasks), an optional
+    hidden layer and the output layer.
 
     Outputs ``[B, K]`` for sequence tasks and ``[B, T, K]`` for
     ``token_classification``.
     """
 
     def __init__(self, dim: int, task_type: str, num_outputs: int, pooling: str = "mean",
-                 hidden_dim: int | None = None, dropout: float = 0.1) -> None:
+                 hidden_dim: int | None = None, dropout: float = 0.1, weighted_layers: int | None = None) -> None:
         super().__init__()
+        self.layer_sum = LayerWeightedSum(weighted_layers, dim) if weighted_layers else None
         self.task_type = check_task_type(task_type)
         self.per_token = task_type == "token_classification"
         self.pool = None if self.per_token else Pooling(pooling, dim)
@@ -60,5 +82,7 @@ class TaskHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, f: Features) -> Tensor:
+        if self.layer_sum is not None:
+            f = self.layer_sum(f)
         x = f.hidden if self.per_token else self.pool(f)
         return self.mlp(x)

@@ -48,13 +48,15 @@ class PeftModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_fraction: share of the optimiser steps spent in linear warm-up
             before the cosine decay to zero.
-        output_layers: ask the backbone for per-layer states (for heads that use them).
+        layer_weighted_sum: feed the head a learned softmax-weighted sum of
+            every layer's states (SUPERB), instead of the last layer's.
     """
 
     def __init__(self, backbone: Backbone, method: Method | None = None, task_type: str = "regression",
                  num_outputs: int = 1, label_names: list[str] | None = None, pooling: str = "mean",
                  head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
-                 head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06) -> None:
+                 head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06,
+                 layer_weighted_sum: bool = False) -> None:
         super().__init__()
         self.method = method if method is not None else LoRA()
         self.backbone_identity = backbone.identity()  # before the method touches it
@@ -63,11 +65,17 @@ class PeftModule(L.LightningModule):
         for p in backbone.always_frozen():
             p.requires_grad_(False)
         self.backbone = backbone
-        self.head = TaskHead(backbone.embed_dim, task_type, num_outputs, pooling, head_hidden_dim, head_dropout)
+        self.layer_weighted_sum = layer_weighted_sum
+        layers = backbone.num_blocks + 1 if layer_weighted_sum else None
+        if layer_weighted_sum and not backbone.token_sequence:
+            raise ValueError(f"layer_weighted_sum needs per-layer token states, which {backbone.name} does not give")
+        self.head = TaskHead(backbone.embed_dim, task_type, num_outputs, pooling, head_hidden_dim, head_dropout,
+                             weighted_layers=layers)
         self.task_type, self.num_outputs, self.label_names = task_type, num_outputs, label_names
         self.lr, self.head_lr, self.weight_decay, self.warmup_fraction = lr, head_lr, weight_decay, warmup_fraction
         self.head_config = {"task_type": task_type, "num_outputs": num_outputs, "pooling": pooling,
-                            "hidden_dim": head_hidden_dim, "dropout": head_dropout}
+                            "hidden_dim": head_hidden_dim, "dropout": head_dropout,
+                            "layer_weighted_sum": layer_weighted_sum}
         self.save_hyperparameters(ignore=["backbone", "method"])
         metrics = build_metrics(task_type, num_outputs)
         self.val_metrics = metrics.clone(prefix="val/")
@@ -99,7 +107,7 @@ class PeftModule(L.LightningModule):
 
     # ---- forward and steps ---------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        return self.head(self.backbone(batch))
+        return self.head(self.backbone(batch, output_layers=self.layer_weighted_sum))
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         return loss_and_predictions(self.task_type, self(batch), batch["labels"])

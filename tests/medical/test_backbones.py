@@ -60,3 +60,23 @@ def test_local_timm_checkpoint_is_adapted_like_hub_weights(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TimmBackbone(name="vit_tiny_patch16_224", checkpoint_path=str(tmp_path / "missing.safetensors"))
+
+
+def test_visual_prompts_go_after_class_and_register_tokens():
+    from peftlab import build_method
+
+    bb = TimmBackbone(name="vit_small_patch14_reg4_dinov2", img_size=28, depth=2).eval()
+    assert bb.num_prefix_tokens == 5  # class token + 4 registers
+    images = {"images": torch.randn(2, 3, 28, 28)}
+    with torch.no_grad():
+        plain = bb(images)
+    seen = []
+    bb.model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    build_method("prompt", num_tokens=3, deep=True).apply(bb)
+    with torch.no_grad():
+        prompted = bb(images)
+    tokens = bb.token_hooks["prompt"].tokens[0]
+    torch.testing.assert_close(seen[0][0, 5:8], tokens)  # right after the 5 prefix tokens
+    assert seen[0].shape[1] == plain.hidden.shape[1] + 3
+    assert prompted.hidden.shape == plain.hidden.shape and torch.equal(prompted.mask, plain.mask)
+    assert plain.mask[0].tolist() == [False] * 5 + [True] * 4

@@ -21,6 +21,7 @@ model's own ``last_hidden_state``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ class TorchaudioEncoder(Backbone):
         self.model = model
         self.family = family
         self.embed_dim = model.encoder.feature_projection.projection.out_features
-        self.layer_norm_first = model.encoder.transformer.layer_norm_first
+        # pre-norm blocks (large models); torchaudio's Transformer keeps the opposite flag for its own norm
+        self.layer_norm_first = model.encoder.transformer.layers[0].layer_norm_first
         self.target_presets = WAVLM_PRESETS if family == "wavlm" else WAV2VEC2_PRESETS
         if family == "wavlm":
             self.preset_notes, self.default_targets = WAVLM_NOTES, "mlp"
@@ -193,7 +195,8 @@ class TorchaudioEncoder(Backbone):
 
     def final_norm(self, x: Tensor) -> Tensor:
         self._position_bias = None
-        return x if self.layer_norm_first else self.model.encoder.transformer.layer_norm(x)
+        transformer = self.model.encoder.transformer  # as torchaudio's Transformer.forward ends
+        return x if transformer.layer_norm_first else transformer.layer_norm(x)
 
 
 def _normalize(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
@@ -313,20 +316,23 @@ class HFSpeechEncoder(Backbone):
             raise FileNotFoundError(f"local model directory {local} does not exist")
         if family is not None and family not in HF_FAMILIES:
             raise ValueError(f"unknown speech encoder family {family!r}; known: {', '.join(HF_FAMILIES)}")
+        local_type = json.loads((local / "config.json").read_text()).get("model_type") if is_local else None
         if family is None:
-            family = self._infer_family(name_or_path, local if is_local else None, pretrained)
+            family = self._infer_family(name_or_path, local_type, pretrained)
+        if is_local and local_type != family:
+            raise ValueError(f"{local} holds a {local_type!r} model, not {family!r}")
         config_cls, model_cls = _hf_classes(family)
 
         sizes = dict(num_hidden_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_heads,
                      intermediate_size=intermediate_size)
         overrides = {k: v for k, v in sizes.items() if v is not None}
-        if conv_dim is not None:
-            overrides["conv_dim"] = (conv_dim,) * len(config_cls().conv_dim)
         if stable_layer_norm is not None:
             overrides.update(do_stable_layer_norm=stable_layer_norm,
                              feat_extract_norm="layer" if stable_layer_norm else "group")
-        if pretrained and overrides:
-            raise ValueError(f"size overrides ({', '.join(sorted(overrides))}) only apply to random-init models; "
+        if pretrained and (overrides or conv_dim is not None):
+            given = [k for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "conv_dim",
+                                 "stable_layer_norm") if self.init_args[k] is not None]
+            raise ValueError(f"size overrides ({', '.join(given)}) only apply to random-init models; "
                              f"pretrained weights come with their own architecture")
         settings = dict(_HF_ENCODER_SETTINGS, hidden_dropout=dropout, attention_dropout=dropout,
                         activation_dropout=dropout, feat_proj_dropout=dropout)
@@ -342,11 +348,14 @@ class HFSpeechEncoder(Backbone):
             self._check_supported(config, name_or_path)
             model = model_cls.from_pretrained(name_or_path, config=config)
         else:
-            config = config_cls.from_pretrained(local, **settings) if is_local else config_cls(**settings)
-            for k, v in overrides.items():
-                setattr(config, k, v)
-            if config.model_type != family:
-                raise ValueError(f"{name_or_path} holds a {config.model_type!r} model, not {family!r}")
+            if is_local:  # the directory's architecture, then the overrides
+                config = config_cls.from_pretrained(local, **settings)
+                for k, v in overrides.items():
+                    setattr(config, k, v)
+            else:
+                config = config_cls(**settings, **overrides)
+            if conv_dim is not None:
+                config.conv_dim = (conv_dim,) * len(config.conv_dim)
             self._check_supported(config, name_or_path)
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
@@ -361,6 +370,7 @@ class HFSpeechEncoder(Backbone):
         self.target_presets = HF_WAVLM_PRESETS if family == "wavlm" else HF_PRESETS
         if family == "wavlm":
             self.preset_notes, self.default_targets = HF_WAVLM_NOTES, "mlp"
+            self.bypassed_modules = tuple(f"attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
         self.adapter_sites = HF_WAVLM_SITES if family == "wavlm" else HF_SITES
         self.freeze_feature_extractor = freeze_feature_extractor
         if freeze_feature_extractor:
@@ -372,14 +382,12 @@ class HFSpeechEncoder(Backbone):
 
     # ---- construction helpers -------------------------------------------------------------------
     @staticmethod
-    def _infer_family(name_or_path: str, local: Path | None, pretrained: bool) -> str:
-        if local is not None:
-            import json
-            model_type = json.loads((local / "config.json").read_text()).get("model_type")
-            if model_type not in HF_FAMILIES:
-                raise ValueError(f"{local}/config.json has model_type {model_type!r}; "
+    def _infer_family(name_or_path: str, local_type: str | None, pretrained: bool) -> str:
+        if Path(name_or_path).expanduser().exists():
+            if local_type not in HF_FAMILIES:
+                raise ValueError(f"{name_or_path}/config.json has model_type {local_type!r}; "
                                  f"HFSpeechEncoder supports {', '.join(HF_FAMILIES)}")
-            return model_type
+            return local_type
         family = _family_from_name(name_or_path)
         if family is None and pretrained:
             from transformers import AutoConfig
@@ -399,7 +407,6 @@ class HFSpeechEncoder(Backbone):
     @staticmethod
     def _checkpoint_normalizes(name_or_path: str, local: Path | None) -> bool:
         if local is not None:
-            import json
             path = local / "preprocessor_config.json"
             return bool(json.loads(path.read_text()).get("do_normalize", False)) if path.is_file() else False
         try:

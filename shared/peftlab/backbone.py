@@ -78,6 +78,9 @@ class Backbone(nn.Module):
     target_presets: dict[str, tuple[str, ...]] = {}
     default_targets: str = "attention"
     preset_notes: dict[str, str] = {}  # why a usual preset is missing on this backbone
+    #: block-relative names of layers whose weights the block reads directly instead of calling them
+    #: (fused attention kernels): injected layers and hooks there would never run, so methods skip them
+    bypassed_modules: tuple[str, ...] = ()
     adapter_sites: dict[str, str] = {}
     token_sequence: bool = True
 

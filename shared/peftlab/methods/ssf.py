@@ -72,9 +72,10 @@ class SSF(Method):
         found = 0
         for i in select_layers(backbone.num_blocks, self.layers):
             block = backbone.blocks[i]
-            # nn.MultiheadAttention reads its out_proj weight directly (no forward call), so a hook
-            # there would never run: leave it out rather than train dead parameters
+            # layers whose weights are read directly (nn.MultiheadAttention's out_proj, the backbone's
+            # declared bypassed layers) never call their hooks: leave them out rather than train dead parameters
             fused = {id(m.out_proj) for m in block.modules() if isinstance(m, nn.MultiheadAttention)}
+            fused |= {id(block.get_submodule(n)) for n in backbone.bypassed_modules}
             for module in list(block.modules()):
                 if isinstance(module, ADAPTED_TYPES) and id(module) not in fused:
                     module.add_module("ssf", ScaleShift(_channels(module), _channel_dim(module)))

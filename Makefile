@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/protein_method_cost.py
+	$(VENV)/bin/python benchmarks/merged_lora_latency.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs build dist

@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	$(PY) -c "import peftlab, peftlab_protein, torchvision, torchaudio, timm; print('peftlab', peftlab.__version__, 'installed')"
 	touch $@
 
+# the embedded-default paper table: 3 domains x 6 methods on tiny random-init backbones and built-in tasks
 demo: setup
-	$(VENV)/bin/python domains/peftlab_protein/recipes/finetune.py --config configs/protein/esm2_tiny.yaml --config configs/methods/lora.yaml --config configs/protein/synthetic_motif.yaml
+	$(VENV)/bin/peftlab sweep --config configs/paper/demo_cpu.yaml
 
 test: setup
 	$(VENV)/bin/pytest

@@ -88,6 +88,19 @@ class AdapterExport(L.Callback):
             pl_module.print(f"peftlab: adapter written to {self.written_path}")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the
+    process image; ``ru_maxrss`` would also carry a forking parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class StepTimer(L.Callback):
     """Measures the cost of training: mean wall time per optimiser step (the
     first ``skip`` steps, which include warm-up work, are left out), samples
@@ -113,7 +126,7 @@ class StepTimer(L.Callback):
         if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
             peak_mb, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
         else:
-            peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+            peak_mb, kind = peak_rss_mb(), "cpu_peak_rss"
         return {"steps": len(self.times), "s_per_step": mean,
                 "samples_per_s": self.samples / max(1e-9, sum(self.times[self.skip:])) if self.samples else 0.0,
                 "peak_memory_mb": peak_mb, "peak_memory_kind": kind}

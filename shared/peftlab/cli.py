@@ -5,6 +5,9 @@ domain DataModule.
                 --config configs/methods/lora.yaml \\
                 --config configs/protein/flip_gb1.yaml --data.path two_vs_rest.csv
 
+``peftlab sweep --config configs/paper/NAME.yaml`` runs a whole paper table
+instead (see :mod:`peftlab.sweep`).
+
 Lightning (>= 2.5) ships no ``lightning`` command, hence our own. The data
 module's task facts are linked into the model, so they are never typed twice.
 """
@@ -32,10 +35,18 @@ class PeftLabCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterExport, "adapter")
 
 
-def main(args: list[str] | None = None) -> None:
-    """The console script (``peftlab fit|validate|test|predict ...``)."""
+def main(args: list[str] | None = None) -> int | None:
+    """The console script: ``peftlab fit|validate|test|predict ...`` (the
+    LightningCLI), and ``peftlab sweep ...`` (:mod:`peftlab.sweep`, a paper
+    table over tasks x methods x seeds), whose exit status it returns."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "sweep":
+        from peftlab.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
                       save_config_kwargs={"overwrite": True}, args=args)
+    return None
 
 
 def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> dict[str, Any]:
@@ -88,4 +99,4 @@ def recipe_main(argv: list[str], setups_dir: Path, setups: tuple[str, ...], titl
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/python benchmarks/protein_method_cost.py
 	$(VENV)/bin/python benchmarks/merged_lora_latency.py
+	$(VENV)/bin/python benchmarks/feature_cache.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs build dist

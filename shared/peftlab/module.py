@@ -11,6 +11,7 @@ import random
 from torch import Tensor
 
 from peftlab.backbone import Backbone
+from peftlab.cache import FeatureCache
 from peftlab.heads import TaskHead
 from peftlab.methods import LoRA, Method, count_parameters
 from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
@@ -50,13 +51,16 @@ class PeftModule(L.LightningModule):
             before the cosine decay to zero.
         layer_weighted_sum: feed the head a learned softmax-weighted sum of
             every layer's states (SUPERB), instead of the last layer's.
+        cache_frozen_features: with a fully frozen backbone (``linear_probe``),
+            compute each example's features once (first epoch) and reuse them
+            (see :class:`peftlab.cache.FeatureCache`).
     """
 
     def __init__(self, backbone: Backbone, method: Method | None = None, task_type: str = "regression",
                  num_outputs: int = 1, label_names: list[str] | None = None, pooling: str = "mean",
                  head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
                  head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06,
-                 layer_weighted_sum: bool = False) -> None:
+                 layer_weighted_sum: bool = False, cache_frozen_features: bool = False) -> None:
         super().__init__()
         self.method = method if method is not None else LoRA()
         self.backbone_identity = backbone.identity()  # before the method touches it
@@ -66,6 +70,13 @@ class PeftModule(L.LightningModule):
             p.requires_grad_(False)
         self.backbone = backbone
         self.layer_weighted_sum = layer_weighted_sum
+        self.feature_cache = FeatureCache() if cache_frozen_features else None
+        if self.feature_cache is not None:
+            if any(p.requires_grad for p in backbone.parameters()):
+                raise ValueError(f"cache_frozen_features needs a frozen backbone (linear_probe); "
+                                 f"method {self.method.name!r} trains backbone weights")
+            if task_type == "token_classification":
+                raise ValueError("cache_frozen_features supports sequence-level tasks, not token_classification")
         layers = backbone.num_blocks + 1 if layer_weighted_sum else None
         if layer_weighted_sum and not backbone.token_sequence:
             raise ValueError(f"layer_weighted_sum needs per-layer token states, which {backbone.name} does not give")
@@ -107,6 +118,8 @@ class PeftModule(L.LightningModule):
 
     # ---- forward and steps ---------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
+        if self.feature_cache is not None:
+            return self.head(self.feature_cache.features(self.backbone, batch, self.layer_weighted_sum))
         return self.head(self.backbone(batch, output_layers=self.layer_weighted_sum))
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,7 +194,14 @@ class PeftModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_epoch_start(self) -> None:
+        if self.feature_cache is not None:
+            self.backbone.eval()  # cached features must not depend on dropout draws
+
     def on_fit_start(self) -> None:
+        if self.feature_cache is not None and getattr(self.trainer.datamodule, "augment", False):
+            raise ValueError("cache_frozen_features reuses each example's first features, but the data module "
+                             "augments training examples (set augment: false, or turn the cache off)")
         s = self.parameter_summary()
         self.print(f"peftlab: method {self.method!r} on {self.backbone.name}: "
                    f"{s['trainable_params']:,} trainable of {s['total_params']:,} parameters "

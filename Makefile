@@ -26,7 +26,9 @@ test: setup
 	$(VENV)/bin/pytest
 
 bench: setup
-	$(VENV)/bin/python benchmarks/protein_method_cost.py
+	$(VENV)/bin/python benchmarks/method_cost.py --domain protein
+	$(VENV)/bin/python benchmarks/method_cost.py --domain medical --rounds 1
+	$(VENV)/bin/python benchmarks/method_cost.py --domain speech --batch 4 --rounds 1
 	$(VENV)/bin/python benchmarks/merged_lora_latency.py
 	$(VENV)/bin/python benchmarks/feature_cache.py
 

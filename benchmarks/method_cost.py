@@ -1,4 +1,6 @@
-"""Cost of PEFT methods on an ESM-2 backbone: step time and peak memory.
+"""Cost of PEFT methods against full fine-tuning on each domain's reference
+backbone shape (ESM-2 35M, ViT-S/16, wav2vec2 base; random init): step time
+and peak memory.
 
 Trains each method through peftlab's real path (a ``lightning.Trainer``
 fitting a ``PeftModule`` on a DataLoader of fixed random batches, steps timed
@@ -9,9 +11,11 @@ Each configuration runs in its own subprocess (this script re-invoked with
 the hidden ``--one METHOD`` flag, answering with one JSON line), so that the
 peak memory of one run does not leak into the next.
 
-    python benchmarks/protein_method_cost.py                       # ESM-2 35M shape, 8 x 128
-    python benchmarks/protein_method_cost.py --layers 2 --dim 64 --heads 4 \\
-        --batch 4 --length 32 --steps 3 --warmup 1                  # quick check
+    python benchmarks/method_cost.py                       # protein: ESM-2 35M shape, 8 x 128
+    python benchmarks/method_cost.py --domain medical      # ViT-S/16, 8 x 3 x 224 x 224
+    python benchmarks/method_cost.py --domain speech       # wav2vec2 base, 4 x 1 s
+    python benchmarks/method_cost.py --layers 2 --dim 64 --heads 4 \\
+        --batch 4 --length 32 --steps 3 --warmup 1          # quick check (protein)
 
 This is a benchmark, not a test: it asserts nothing.
 """
@@ -32,7 +36,7 @@ PEFT_METHODS = ("full", "lora", "adapter", "linear_probe")
 PLAIN = "lora_plain"  # LoRA in a hand-written PyTorch + peft loop
 ALL_METHODS = ("full", "lora", PLAIN, "adapter", "linear_probe")
 LABELS = {PLAIN: "lora (plain PyTorch + peft)"}
-RESULT_PREFIX = "PROTEIN_METHOD_COST_RESULT "
+RESULT_PREFIX = "METHOD_COST_RESULT "
 SEED = 0
 DATA_SEED = 1234
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -43,22 +47,41 @@ AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 def _method(name: str):
     from peftlab.methods import build_method
     if name == "lora":
-        return build_method("lora", r=8, alpha=16, targets="attention")
+        return build_method("lora", r=8, alpha=16, targets="attention")  # q, k, v, out (timm: qkv, proj)
     if name == "adapter":
         return build_method("adapter", placement="houlsby", bottleneck=64)
     return build_method(name)
 
 
 def _backbone(args):
+    if args.domain == "medical":
+        from peftlab_medical import TimmBackbone
+        return TimmBackbone("vit_small_patch16_224", seed=SEED)
+    if args.domain == "speech":
+        from peftlab_speech import TorchaudioEncoder
+        return TorchaudioEncoder("wav2vec2_base", seed=SEED)
     from peftlab_protein.backbones import ESM2Backbone
     return ESM2Backbone(name=ESM_NAME, pretrained=False, num_layers=args.layers, embed_dim=args.dim,
                         attention_heads=args.heads, seed=SEED)
 
 
-def _batches(alphabet, args) -> list[dict]:
-    """``warmup + steps`` fixed random batches: BOS, ``length`` residues, EOS."""
+def _batches(backbone, args) -> list[dict]:
+    """``warmup + steps`` fixed random batches: ESM tokens (BOS, ``length`` residues,
+    EOS), 224 px RGB images, or 1 s waveforms."""
     import torch
     g = torch.Generator().manual_seed(DATA_SEED)
+    if args.domain in ("medical", "speech"):
+        out = []
+        for k in range(args.warmup + args.steps):
+            if args.domain == "medical":
+                inputs = {"images": torch.randn(args.batch, 3, 224, 224, generator=g)}
+            else:
+                inputs = {"waveforms": torch.randn(args.batch, 16000, generator=g),
+                          "lengths": torch.full((args.batch,), 16000)}
+            out.append({**inputs, "labels": torch.randn(args.batch, generator=g),
+                        "ids": [f"x{k}_{i}" for i in range(args.batch)]})
+        return out
+    alphabet = backbone.alphabet
     residues = torch.tensor([alphabet.get_idx(a) for a in AMINO_ACIDS])
     out = []
     for k in range(args.warmup + args.steps):
@@ -149,7 +172,7 @@ def run_peftlab(method: str, args) -> dict:
 
     torch.manual_seed(SEED)
     backbone = _backbone(args)
-    batches = _batches(backbone.alphabet, args)
+    batches = _batches(backbone, args)
     module = PeftModule(backbone, _method(method), task_type="regression", num_outputs=1)
     trainable = count_parameters(module, trainable_only=True)
     loader = DataLoader(batches, batch_size=None, shuffle=False)
@@ -178,9 +201,9 @@ def run_plain(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(SEED)
     backbone = _backbone(args)
-    batches = _batches(backbone.alphabet, args)
-    attention = ("q_proj", "k_proj", "v_proj", "out_proj")
-    targets = [f"model.layers.{i}.self_attn.{m}" for i in range(len(backbone.model.layers)) for m in attention]
+    batches = _batches(backbone, args)
+    from peftlab.backbone import resolve_targets
+    targets = resolve_targets(backbone, "attention")  # the same modules as peftlab's LoRA
     for p in backbone.parameters():
         p.requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=8, lora_alpha=16, target_modules=targets), backbone)
@@ -235,7 +258,7 @@ def cpu_model() -> str:
 
 
 def child_command(method: str, args) -> list[str]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", method, "--batch", str(args.batch),
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", method, "--domain", args.domain, "--batch", str(args.batch),
            "--length", str(args.length), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     for flag in ("layers", "dim", "heads"):
         if getattr(args, flag) is not None:
@@ -254,6 +277,7 @@ def run_child(method: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domain", choices=("protein", "medical", "speech"), default="protein")
     parser.add_argument("--layers", type=int, default=None, help="ESM-2 layers (default 12, the 35M model)")
     parser.add_argument("--dim", type=int, default=None, help="embedding width (default 480)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default 20)")
@@ -299,8 +323,11 @@ def main(argv: list[str] | None = None) -> None:
                                                                      ESM2_SIZES[ESM_NAME]))
     print(f"Machine: {cpu_model()}, {os.cpu_count()} cores ({first['threads']} torch threads), "
           f"torch {first['torch']}, device {first['device_name']}")
-    print(f"Model: {ESM_NAME}-shaped, random init: {layers} layers x {dim}, {heads} heads; "
-          f"batch {args.batch} x {args.length} residues; {args.warmup} warm-up + {args.steps} timed steps; "
+    shape = {"protein": f"{ESM_NAME}-shaped, random init: {layers} layers x {dim}, {heads} heads; "
+                        f"batch {args.batch} x {args.length} residues",
+             "medical": f"vit_small_patch16_224, random init; batch {args.batch} x 3 x 224 x 224",
+             "speech": f"torchaudio wav2vec2_base, random init; batch {args.batch} x 1 s at 16 kHz"}[args.domain]
+    print(f"Model: {shape}; {args.warmup} warm-up + {args.steps} timed steps; "
           f"median of {max(1, args.rounds)} rounds in rotating order")
     print()
     print(f"| method | trainable params | ms/step | vs full | peak memory MB ({first['memory_kind']}) |")

@@ -93,16 +93,8 @@ def _batches(backbone, args) -> list[dict]:
     return out
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so that ``ru_maxrss``
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so that the peak
     after training reflects training and not model construction."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -124,13 +116,14 @@ class _MemoryProbe:
             self.torch.cuda.synchronize()
             self.torch.cuda.reset_peak_memory_stats()
         _reset_peak_rss()
-        self.rss_before = _rss_mb()
+        from peftlab.callbacks import proc_status_mb
+        self.rss_before = proc_status_mb("VmRSS") or 0.0
 
     def peak(self) -> tuple[float, str]:
-        import resource
+        from peftlab.callbacks import peak_rss_mb
         if self.cuda:
             return self.torch.cuda.max_memory_allocated() / 2**20, "CUDA max allocated"
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.rss_before, "peak RSS growth"
+        return peak_rss_mb() - self.rss_before, "peak RSS growth"
 
 
 def _sync(device) -> None:

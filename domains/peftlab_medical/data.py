@@ -397,8 +397,6 @@ class MedicalImageDataModule(PeftDataModule):
         self.zoom_prob = zoom_prob
         self.zoom_range = (float(low), float(high))
         self.cache = cache
-        self._label_names: list[str] | None = None
-        self._num_outputs: int | None = None
         self._datasets: dict[str, tuple[list[ImageRecord], Dataset]] = {}
 
     # ---- what a subclass implements ------------------------------------------------

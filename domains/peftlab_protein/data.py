@@ -528,9 +528,7 @@ class ProteinDataModule(PeftDataModule):
         self.max_length = max_length
         self.unknown_residues = unknown_residues
         self.alphabet = esm_alphabet()
-        self._label_names: list[str] | None = None
         self._label_index: dict[str, int] = {}
-        self._num_outputs: int | None = None
 
     # ---- reading ------------------------------------------------------------------
     @property

@@ -547,7 +547,6 @@ class AudioDataModule(PeftDataModule):
                                   shift_prob=shift_prob, max_shift_seconds=max_shift_seconds,
                                   gain_prob=gain_prob, max_gain_db=max_gain_db)
         AudioAugmentation(**self._augment_args)
-        self._label_names: list[str] | None = None
         self._info: dict[str, AudioInfo] = {}
         self._noise: list[AudioRecord] | None = None
 
@@ -593,7 +592,7 @@ class AudioDataModule(PeftDataModule):
         for r in records:
             if str(r.label) not in index:
                 raise DataError(self.source, r.id, f"label {r.label!r} is not one of label_names {names}")
-        self._label_names = list(names)
+        self._label_names, self._num_outputs = list(names), len(names)
         return [dataclasses.replace(r, label=index[str(r.label)]) for r in records]
 
     @property
@@ -622,18 +621,7 @@ class AudioDataModule(PeftDataModule):
                                   max_channels=self.max_channels, record=record.id)
         return first, stop, info
 
-    # ---- task description -------------------------------------------------------------
-    @property
-    def num_outputs(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def label_names(self) -> list[str]:
-        if self._label_names is None:
-            self.splits  # reading the data fixes the class vocabulary
-        assert self._label_names is not None
-        return list(self._label_names)
-
+    # ---- task description (num_outputs / label_names: PeftDataModule, set by _resolve_labels) --
     @property
     def max_samples(self) -> int | None:
         return None if self.max_seconds is None else max(1, int(round(self.max_seconds * self.sample_rate)))

@@ -88,17 +88,23 @@ class AdapterExport(L.Callback):
             pl_module.print(f"peftlab: adapter written to {self.written_path}")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM belongs to the
-    process image; ``ru_maxrss`` would also carry a forking parent's peak."""
+def proc_status_mb(field_name: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field_name + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the
+    process image; ``ru_maxrss`` would also carry a forking parent's peak."""
+    peak = proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StepTimer(L.Callback):

@@ -365,17 +365,6 @@ def _row_key(row: dict[str, str]) -> tuple[str, str, str, str]:
 
 # ---- one cell (the child process) ------------------------------------------------------------
 
-def _proc_status_mb(field_name: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this cell when the sweep process dies (even by
     SIGKILL), so a killed sweep leaves no orphan training behind."""
@@ -438,10 +427,11 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     result: dict[str, Any] = {"status": "failed"}
     start = time.perf_counter()
     try:
+        from peftlab.callbacks import proc_status_mb
         from peftlab.cli import fit_and_test
         from peftlab.metrics import PRIMARY_METRIC
 
-        baseline_mb = _proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
+        baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
         summary = fit_and_test(list(spec["args"]) + [f"--trainer.default_root_dir={cell_dir}"],
                                title=f"sweep cell {spec['label']}")
         metric = spec.get("metric") or PRIMARY_METRIC[summary["task_type"]]

@@ -239,6 +239,6 @@ class PeftModule(L.LightningModule):
         if "rng_states" in checkpoint:
             states = checkpoint["rng_states"]
             torch.set_rng_state(states["torch"])
-            random.setstate(tuple(states["python"]) if not isinstance(states["python"], tuple) else states["python"])
+            random.setstate(states["python"])  # torch.load keeps its nested tuples
             if states["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])

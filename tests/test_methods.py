@@ -19,22 +19,27 @@ from peftlab import METHODS, BackboneMismatchError, PeftModule, build_method
 from peftlab.checkpoint import load_adapter, save_adapter
 
 from tests.conftest import BACKBONE_KINDS, TINY_ESM, TINY_TOY, make_backbone, make_batch
-from tests.method_checks import check_method_guarantees
+from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,
+                                  check_empty_prefix_matches_library, check_method_guarantees, target_shape_count)
 
 CASES: dict[str, list[dict]] = {
     "full": [{}],
     "linear_probe": [{}],
     "bitfit": [{}],
-    "lora": [{"r": 4}, {"r": 4, "use_dora": True}, {"r": 2, "use_rslora": True, "targets": "mlp", "layers": "last:1"}],
+    "lora": [{"r": 4}, {"r": 4, "use_dora": True}, {"r": 4, "init": "gaussian"}, {"r": 2, "use_rslora": True, "targets": "mlp", "layers": "last:1"}],
     "ia3": [{}],
     "adapter": [{"placement": "houlsby", "bottleneck": 8}, {"placement": "pfeiffer", "bottleneck": 8},
                 {"placement": "parallel", "bottleneck": 8, "scale": 0.5}],
     "prompt": [{"num_tokens": 3}, {"num_tokens": 3, "deep": True}],
     "ssf": [{}, {"layers": [0]}],
     "adaptformer": [{"bottleneck": 8}],
+    **{name: [opts] for name, opts in SMALL_OPTIONS.items()},
+    "ln_tuning": [{}, {"layers": [-1]}],
+    "combined": [SMALL_OPTIONS["combined"],
+                 {"parts": [{"name": "adapter", "placement": "pfeiffer", "bottleneck": 8}, {"name": "prompt", "num_tokens": 2}]}],
 }
 MATRIX = [(kind, name, opts) for kind in BACKBONE_KINDS for name, cases in CASES.items() for opts in cases]
-IDS = [f"{k}-{n}-{'-'.join(f'{a}={b}' for a, b in o.items()) or 'default'}" for k, n, o in MATRIX]
+IDS = [f"{k}-{n}-{'-'.join(f'{a}={b}' for a, b in o.items()) or 'default'}"[:80] for k, n, o in MATRIX]
 
 
 def dims(kind: str) -> dict[str, int]:
@@ -86,6 +91,19 @@ def expected_backbone_trainable(kind: str, name: str, opts: dict) -> int:
     if name == "adaptformer":
         b = opts["bottleneck"]
         return L * (linear(D, b) + linear(b, D))
+    attention = [(D, D)] * 4 if kind == "esm2" else [(D, 3 * D), (D, D)]  # (in, out) of the default targets
+    if name in TARGET_SHAPE_METHODS:
+        return L * target_shape_count(name, opts, attention)
+    if name in ("compacter", "loreft", "prefix"):
+        return adapter_family_count(name, opts, D, L)
+    if name == "ln_tuning":  # two norms per block (scale and shift), plus the final norm
+        return (1 if opts.get("layers") else L) * 2 * 2 * D + (0 if opts.get("layers") else 2 * D)
+    if name == "partial":  # the top block, all of it
+        return (expected_backbone_trainable(kind, "full", {}) - (k["vocab"] * D + 2 * D)
+                - (0 if kind == "esm2" else D + (k["max_len"] + 1) * D)) // L
+    if name == "combined":
+        return sum(expected_backbone_trainable(kind, part["name"], {k2: v for k2, v in part.items() if k2 != "name"})
+                   for part in opts["parts"])
     raise AssertionError(f"no expected count for {name}")
 
 
@@ -140,3 +158,8 @@ def test_prompts_keep_outputs_aligned_and_layers_stripped(kind):
     assert [t.shape for t in prompted.layers] == [t.shape for t in plain.layers]
     assert torch.equal(prompted.layers[0], plain.layers[0])  # embeddings come before any prompt
     assert torch.equal(prompted.mask, plain.mask)
+
+
+@pytest.mark.parametrize("kind", BACKBONE_KINDS)
+def test_prefix_attention_without_tokens_is_the_backbones_own_attention(kind):
+    check_empty_prefix_matches_library(lambda: make_backbone(kind), make_batch(kind))

@@ -11,7 +11,8 @@ import torch
 from peftlab import METHODS, build_method
 from peftlab_speech.backbones import TorchaudioEncoder
 
-from tests.method_checks import check_method_guarantees
+from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,
+                                  check_empty_prefix_matches_library, check_method_guarantees, target_shape_count)
 
 D, F, H, L, C, K = 64, 128, 4, 2, 32, 128  # width, MLP, heads, blocks, conv channels, pos-conv kernel
 TINY = dict(num_layers=L, embed_dim=D, num_heads=H, ff_dim=F, conv_channels=C)
@@ -61,15 +62,26 @@ EXPECTED = {
         "ssf": L * 2 * (8 + D + F + D + D),  # gru gate, norms, MLP; not the fused attention output
     },
 }
+
+# the methods added with the full catalogue: counts from the shapes they adapt (tests/method_checks.py)
+NEW_TARGETS = {"wav2vec2": [(D, D)] * 4, "wavlm": [(D, F), (F, D)]}  # default targets: attention; WavLM's MLP
+for _f, _table in EXPECTED.items():
+    _table.update({m: L * target_shape_count(m, SMALL_OPTIONS[m], NEW_TARGETS[_f]) for m in TARGET_SHAPE_METHODS})
+    _table.update({m: adapter_family_count(m, SMALL_OPTIONS[m], D, L) for m in ("compacter", "loreft", "prefix")})
+    _table["ln_tuning"] = L * 2 * 2 * D + 2 * D + 2 * C  # the blocks' two norms, the encoder's, the projection's
+    _table["partial"] = (_table["full"] - COMMON["full"] - (320 * H if _f == "wavlm" else 0)) // L  # the top block
+    _table["combined"] = L * target_shape_count("lora", {"r": 2}, NEW_TARGETS[_f]) + _table["bitfit"]
+del EXPECTED["wavlm"]["prefix"]  # refused, see below
+
 OPTIONS = {"wav2vec2": {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
-                        "prompt": {"num_tokens": 3, "deep": True}},
+                        "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS},
            "wavlm": {"lora": {"r": 4}, "adapter": {"bottleneck": 8, "placement": "pfeiffer"},
-                     "adaptformer": {"bottleneck": 8}, "prompt": {"num_tokens": 3, "deep": True}}}
+                     "adaptformer": {"bottleneck": 8}, "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS}}
 CASES = [(f, m) for f in EXPECTED for m in sorted(EXPECTED[f])]
 
 
 def test_every_registered_method_is_in_the_speech_matrix():
-    assert all(set(METHODS) == set(table) for table in EXPECTED.values())
+    assert set(METHODS) == set(EXPECTED["wav2vec2"]) == set(EXPECTED["wavlm"]) | {"prefix"}
 
 
 @pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{m}" for f, m in CASES])
@@ -89,3 +101,12 @@ def test_wavlm_attention_targets_and_houlsby_adapters_say_why_not():
         build_method("lora", targets="attention").apply(make("wavlm"))
     with pytest.raises(ValueError, match="no 'attention_out' adapter site"):
         build_method("adapter", placement="houlsby").apply(make("wavlm"))
+
+
+def test_prefix_attention_without_tokens_is_torchaudios_own_attention():
+    check_empty_prefix_matches_library(lambda: make("wav2vec2"), batch())
+
+
+def test_prefix_tuning_refuses_wavlm_saying_why():
+    with pytest.raises(ValueError, match="fused multi-head kernel with a gated relative position bias"):
+        build_method("prefix").apply(make("wavlm"))

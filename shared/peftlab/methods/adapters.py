@@ -81,6 +81,10 @@ class Adapter(Method):
         layers: blocks that get adapters (``None`` = all).
     """
 
+    trains = "bottleneck MLPs after attention / MLP"
+
+    family = "adapter"
+
     def __init__(self, placement: str = "houlsby", bottleneck: int = 64, activation: str = "gelu",
                  scale: float = 1.0, layers: list[int] | str | None = None) -> None:
         if placement not in PLACEMENTS:
@@ -97,13 +101,17 @@ class Adapter(Method):
                              f"so {self.placement} adapters cannot attach to it{why}")
         return block.get_submodule(backbone.adapter_sites[key])
 
+    def _bottleneck(self, backbone: Backbone, dim: int) -> nn.Module:
+        """One adapter module for a site of width ``dim`` (Compacter swaps in its PHM form)."""
+        return Bottleneck(dim, self.bottleneck, self.activation, self.scale)
+
     def apply(self, backbone: Backbone) -> None:
         freeze(backbone)
         for i in select_layers(backbone.num_blocks, self.layers):
             block = backbone.blocks[i]
             if self.placement == "parallel":
                 mlp_in, mlp_out = self._site(backbone, block, "mlp_in"), self._site(backbone, block, "mlp_out")
-                adapter = Bottleneck(_site_width(mlp_in, "in"), self.bottleneck, self.activation, self.scale)
+                adapter = self._bottleneck(backbone, _site_width(mlp_in, "in"))
                 mlp_out.add_module("adapter", adapter)
                 mlp_in.register_forward_pre_hook(partial(_stash_input, adapter))
                 mlp_out.register_forward_hook(_add_parallel_adapter)
@@ -111,8 +119,7 @@ class Adapter(Method):
             keys = ["attention_out", "mlp_out"] if self.placement == "houlsby" else ["mlp_out"]
             for key in keys:
                 site = self._site(backbone, block, key)
-                site.add_module("adapter", Bottleneck(_site_width(site, "out"), self.bottleneck,
-                                                      self.activation, self.scale))
+                site.add_module("adapter", self._bottleneck(backbone, _site_width(site, "out")))
                 site.register_forward_hook(_add_adapter_to_output)
         # the adapters were created after freezing, so they (and only they) train
         for name, p in backbone.named_parameters():
@@ -132,6 +139,8 @@ class AdaptFormer(Adapter):
         scale: output multiplier.
         layers: blocks that get adapters (``None`` = all).
     """
+
+    trains = "scaled bottleneck beside each MLP"
 
     def __init__(self, bottleneck: int = 64, scale: float = 0.1, layers: list[int] | str | None = None) -> None:
         super().__init__(placement="parallel", bottleneck=bottleneck, activation="relu", scale=scale, layers=layers)

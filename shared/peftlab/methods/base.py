@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
 
@@ -43,6 +43,13 @@ class Method:
     name: str = "method"
     #: True when ``merge`` folds the trained part into the frozen weights (no extra modules left).
     mergeable: bool = False
+    #: False for methods that only choose which existing weights train (nothing to merge, no extra modules).
+    adds_modules: bool = True
+    #: the method's family and what it trains, in a few words (the README's method table).
+    family: str = "other"
+    trains: str = ""
+    #: True when ``apply`` rewrites frozen weights (PiSSA / OLoRA keep a residual of the pretrained weight).
+    rewrites_frozen_weights: bool = False
 
     def apply(self, backbone: Backbone) -> None:
         """Freeze, inject and unfreeze in place."""
@@ -50,6 +57,22 @@ class Method:
 
     def merge(self, backbone: Backbone) -> None:
         raise NotImplementedError(f"method {self.name!r} cannot be merged into the backbone weights")
+
+    # ---- training-loop hooks (PeftModule calls them; the defaults do nothing) ----------
+    def param_groups(self, backbone: Backbone, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups for the backbone's trainable parameters (LoRA+ gives B a higher rate)."""
+        params = [p for p in backbone.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "name": "backbone"}] if params else []
+
+    def on_fit_start(self, backbone: Backbone, total_steps: int) -> None:
+        """Called once the number of optimiser steps is known (AdaLoRA's rank schedule)."""
+
+    def regularization(self, backbone: Backbone) -> Tensor | None:
+        """A term added to the training loss (AdaLoRA's orthogonality penalty), or None."""
+        return None
+
+    def after_optimizer_step(self, backbone: Backbone, step: int) -> None:
+        """Called after each optimiser step, before gradients are zeroed (AdaLoRA's rank allocation)."""
 
     def options(self) -> dict[str, Any]:
         """The ``__init__`` arguments, read back from attributes of the same name."""

@@ -55,6 +55,10 @@ class Prompt(Method):
         init_std: standard deviation of the initial tokens.
     """
 
+    trains = "prompt tokens in the input (or at every block)"
+
+    family = "prompt"
+
     def __init__(self, num_tokens: int = 10, deep: bool = False, layers: list[int] | str | None = None,
                  init_std: float = 0.02) -> None:
         self.num_tokens, self.deep, self.layers, self.init_std = num_tokens, deep, layers, init_std

@@ -62,7 +62,10 @@ class SSF(Method):
         layers: blocks to adapt (``None`` = all).
     """
 
+    trains = "scale and shift after every layer"
+
     mergeable = True
+    family = "scaling"
 
     def __init__(self, layers: list[int] | str | None = None) -> None:
         self.layers = layers

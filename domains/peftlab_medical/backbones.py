@@ -12,6 +12,7 @@ random weights; ``depth`` shrinks a ViT for offline tests and demos.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
+from peftlab.safe_load import refusing_unsafe_pickles
 
 TRANSFORMER_PRESETS = {
     "attention": ("attn.qkv", "attn.proj"),
@@ -62,6 +64,12 @@ class TimmBackbone(Backbone):
             eval mode while training, so their running statistics stay those
             of the frozen backbone.
         seed: seed of the random initialisation.
+        gradient_checkpointing: recompute each block's activations in the backward instead of
+            keeping them (less memory, more time). ViT / DeiT: the shared block loop's
+            (:mod:`peftlab.backbone`); Swin / ResNet run timm's own forward, so timm's
+            ``set_grad_checkpointing`` (non-reentrant unless ``TIMM_REENTRANT_CKPT`` is set; a
+            batch norm that trains, as with ``full`` or ``bitfit`` on a ResNet, updates its running
+            statistics once more in the recomputation).
 
     Batch input: ``images`` ``[B, C, H, W]``. Features: the token sequence
     (ViT: class/register tokens then patches; Swin / CNN: the last stage's
@@ -71,11 +79,13 @@ class TimmBackbone(Backbone):
     def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
                  checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
                  depth: int | None = None, patch_size: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path, in_chans=in_chans,
                               img_size=img_size, depth=depth, patch_size=patch_size, drop_path_rate=drop_path_rate,
-                              freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed)
+                              freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed,
+                              gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing = gradient_checkpointing
         kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
         if img_size is not None and not name.startswith("resnet"):
             kwargs["img_size"] = img_size
@@ -95,7 +105,10 @@ class TimmBackbone(Backbone):
                 raise FileNotFoundError(f"timm checkpoint {checkpoint_path} does not exist")
             kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
             pretrained = True
-        with torch.random.fork_rng():
+        # timm reads safetensors as they are and .pth / .bin files (local, or from the hub) in torch's
+        # weights-only mode (with argparse.Namespace allowed); a refusal is named here
+        weights = str(checkpoint_path) if checkpoint_path is not None else f"timm's pretrained weights for {name!r}"
+        with torch.random.fork_rng(), refusing_unsafe_pickles(weights, "timm weights file", [argparse.Namespace]):
             torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
         self.model = model
@@ -121,6 +134,8 @@ class TimmBackbone(Backbone):
         else:
             raise ValueError(f"timm model {name!r} ({type(model).__name__}) is not supported yet; "
                              f"supported families: ViT / DeiT, Swin, ResNet")
+        if gradient_checkpointing and not self.token_sequence:  # timm's forward runs these blocks, not ours
+            model.set_grad_checkpointing(True)
 
     @property
     def name(self) -> str:
@@ -170,3 +185,38 @@ class TimmBackbone(Backbone):
         tokens = fmap.flatten(1, 2) if self.family == "swin" else fmap.flatten(2).transpose(1, 2)  # NHWC / NCHW
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return Features(hidden=tokens, mask=mask, cls=None)
+
+
+# ---- prefix tuning: timm's ViT attention with learned keys/values prepended ----------------------
+
+def _timm_attention_with_prefix(self, prefix, x: Tensor, attn_mask: Tensor | None = None,
+                                is_causal: bool = False) -> Tensor:
+    """timm.layers.Attention.forward (fused qkv, q/k norms, optional gate), attending over the prefix too."""
+    from peftlab.methods.prefix import attend_with_prefix
+
+    if is_causal:
+        raise ValueError("prefix tuning: causal attention is not supported")
+    b, n, _ = x.shape
+    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+    q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    x = attend_with_prefix(prefix, q, k, v, attn_mask, dropout=self.attn_drop.p if self.training else 0.0,
+                           scale=self.scale)
+    x = self.norm(x.transpose(1, 2).reshape(b, n, -1))
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+def _register_prefix_attention() -> None:
+    from timm.layers.attention import Attention
+    from timm.models.swin_transformer import WindowAttention
+
+    from peftlab.methods.prefix import register_prefix_attention
+
+    register_prefix_attention(Attention, _timm_attention_with_prefix)
+    register_prefix_attention(WindowAttention, refuse="Swin attends within shifted local windows with a relative "
+                              "position bias table; a global prefix has no place in a window (use lora or adapters)")
+
+
+_register_prefix_attention()

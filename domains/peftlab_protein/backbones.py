@@ -1,19 +1,21 @@
 """ESM-2 backbones through fair-esm.
 
 Every published ESM-2 size is available by name. ``pretrained: true`` loads the
-real weights through fair-esm: from a local ``.pt`` (``checkpoint_path``, via
-fair-esm's local loader, which also opens ``<stem>-contact-regression.pt``
-beside it) or by name through fair-esm's hub download (``torch.hub``'s cache
-is used first, so a file already in ``$TORCH_HOME/hub/checkpoints`` loads
-offline). Without ``pretrained`` the same architecture is built with random
-weights; ``num_layers`` / ``embed_dim`` / ``attention_heads`` shrink it for
-offline work. Random-init backbones are for testing the pipeline, not for
-results.
+real weights in fair-esm's format: from a local ``.pt`` (``checkpoint_path``,
+with ``<stem>-contact-regression.pt`` beside it, as fair-esm's local loader
+wants) or by name from fair-esm's download URL through ``torch.hub`` (its
+cache is used first, so a file already in ``$TORCH_HOME/hub/checkpoints``
+loads offline). Every file is read in torch's weights-only mode (see
+:mod:`peftlab.safe_load`); fair-esm then builds the model from it. Without
+``pretrained`` the same architecture is built with random weights;
+``num_layers`` / ``embed_dim`` / ``attention_heads`` shrink it for offline
+work. Random-init backbones are for testing the pipeline, not for results.
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
+from peftlab.module import CheckpointFileError
+from peftlab.safe_load import hub_cache_file, load_hub_weights, load_weights_file
 
 # name -> (layers, embed_dim, attention heads), as published by fair-esm
 ESM2_SIZES: dict[str, tuple[int, int, int]] = {
@@ -40,29 +44,53 @@ def esm_alphabet() -> esm.data.Alphabet:
     return esm.data.Alphabet.from_architecture(ESM_ALPHABET)
 
 
-def _load_fair_esm(name: str, checkpoint_path: str | None) -> esm.model.esm2.ESM2:
-    """Load real ESM-2 weights through fair-esm's own loaders.
+FAIR_ESM_MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 
-    Real ESM-2 files keep an ``argparse.Namespace`` in their ``cfg``, which
-    ``torch.load``'s safe (weights-only) mode refuses; we allow exactly that
-    class instead of turning the safe mode off.
+
+def _fair_esm_data(data: Any, file: Path) -> dict[str, Any]:
+    if not (isinstance(data, dict) and isinstance(data.get("model"), dict) and "cfg" in data):
+        raise CheckpointFileError(f"{file}: not a fair-esm ESM-2 file (expected a dict with 'cfg' and 'model')")
+    return data
+
+
+def _load_fair_esm(name: str, checkpoint_path: str | None) -> esm.model.esm2.ESM2:
+    """Load real ESM-2 weights in fair-esm's format, always in torch's weights-only mode.
+
+    fair-esm's own loaders are not used to read the files: its hub loader goes
+    through ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False`` (a tampered file in the hub cache would run code).
+    The files are read here, weights-only, and handed to fair-esm's
+    ``load_model_and_alphabet_core``, which builds the model from them. Real
+    ESM-2 files keep an ``argparse.Namespace`` in their ``cfg``: exactly that
+    class is allowed. By name, the contact-regression file is not fetched
+    (the contact head is dropped); a local file still needs it beside it, as
+    fair-esm's local loader does, and it is read the same safe way.
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        if checkpoint_path is not None:
-            path = Path(checkpoint_path)
-            if not path.is_file():
-                raise FileNotFoundError(f"ESM-2 checkpoint {path} does not exist")
-            if not path.stem.startswith("esm2"):
-                raise ValueError(f"{path}: fair-esm picks the architecture from the file name; keep the published "
-                                 f"name (e.g. esm2_t33_650M_UR50D.pt)")
-            regression = path.with_name(path.stem + "-contact-regression.pt")
-            if not regression.is_file():
-                raise FileNotFoundError(f"{path}: fair-esm also needs {regression.name} beside it")
-            model, _ = esm.pretrained.load_model_and_alphabet_local(str(path))
-        else:
-            if name not in ESM2_SIZES:
-                raise ValueError(f"unknown ESM-2 model {name!r}; published sizes: {', '.join(ESM2_SIZES)}")
-            model, _ = esm.pretrained.load_model_and_alphabet(name)
+    allowed = [argparse.Namespace]
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ESM-2 checkpoint {path} does not exist")
+        if not path.stem.startswith("esm2"):
+            raise ValueError(f"{path}: fair-esm picks the architecture from the file name; keep the published "
+                             f"name (e.g. esm2_t33_650M_UR50D.pt)")
+        regression = path.with_name(path.stem + "-contact-regression.pt")
+        if not regression.is_file():
+            raise FileNotFoundError(f"{path}: fair-esm also needs {regression.name} beside it")
+        model_name = path.stem
+        model_data = _fair_esm_data(load_weights_file(path, "fair-esm model file", allowed), path)
+        regression_data = load_weights_file(regression, "fair-esm contact-regression file", allowed)
+        if not (isinstance(regression_data, dict) and isinstance(regression_data.get("model"), dict)):
+            raise CheckpointFileError(f"{regression}: not a fair-esm contact-regression file")
+    else:
+        if name not in ESM2_SIZES:
+            raise ValueError(f"unknown ESM-2 model {name!r}; published sizes: {', '.join(ESM2_SIZES)}")
+        model_name, url = name, FAIR_ESM_MODEL_URL.format(name=name)
+        model_data = _fair_esm_data(load_hub_weights(url, "fair-esm model file", allowed), hub_cache_file(url))
+        regression_data = None
+    with warnings.catch_warnings():  # without regression weights: the contact head, which is dropped anyway
+        warnings.filterwarnings("ignore", message="Regression weights not found")
+        model, _ = esm.pretrained.load_model_and_alphabet_core(model_name, model_data, regression_data)
     return model
 
 
@@ -77,6 +105,8 @@ class ESM2Backbone(Backbone):
             random-init model (offline tests and demos).
         token_dropout: ESM-2's token-dropout rescaling (on in the published models).
         seed: seed of the random initialisation.
+        gradient_checkpointing: recompute each block's activations in the backward instead of
+            keeping them (less memory, more time; see :mod:`peftlab.backbone`).
 
     Batch input: ``tokens`` ``[B, T]`` in the ESM alphabet, BOS first, EOS last,
     padding after. Content tokens are the residues (not BOS, EOS or padding).
@@ -102,11 +132,12 @@ class ESM2Backbone(Backbone):
 
     def __init__(self, name: str = "esm2_t6_8M_UR50D", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, attention_heads: int | None = None,
-                 token_dropout: bool = True, seed: int = 0) -> None:
+                 token_dropout: bool = True, seed: int = 0, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path,
                               num_layers=num_layers, embed_dim=embed_dim, attention_heads=attention_heads,
-                              token_dropout=token_dropout, seed=seed)
+                              token_dropout=token_dropout, seed=seed, gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing = gradient_checkpointing
         if pretrained or checkpoint_path is not None:
             if any(v is not None for v in (num_layers, embed_dim, attention_heads)):
                 raise ValueError("num_layers/embed_dim/attention_heads only apply to random-init models "
@@ -164,3 +195,40 @@ class ESM2Backbone(Backbone):
 
     def final_norm(self, x: Tensor) -> Tensor:
         return self.model.emb_layer_norm_after(x)
+
+
+# ---- prefix tuning: fair-esm's attention with learned keys/values prepended ----------------------
+
+def _esm_attention_with_prefix(self, prefix, query: Tensor, key=None, value=None, key_padding_mask=None,
+                               need_weights: bool = True, attn_mask=None, need_head_weights: bool = False, **_):
+    """fair-esm MultiheadAttention.forward's self-attention path (scaled q, rotary
+    q/k, padding mask), attending over the prefix too. Returns no weights."""
+    from peftlab.methods.prefix import attend_with_prefix
+
+    t, b, d = query.shape
+    heads = lambda x: x.contiguous().view(t, b * self.num_heads, self.head_dim).transpose(0, 1)  # noqa: E731
+    q, k, v = heads(self.q_proj(query) * self.scaling), heads(self.k_proj(query)), heads(self.v_proj(query))
+    if self.rot_emb:
+        q, k = self.rot_emb(q, k)  # on the real tokens only: the prefix has no position
+    split = lambda x: x.view(b, self.num_heads, t, self.head_dim)  # noqa: E731
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.to(q.dtype)
+    if key_padding_mask is not None:
+        pad = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=q.device).masked_fill(
+            key_padding_mask.bool()[:, None, None, :], float("-inf"))
+        mask = pad if mask is None else mask + pad
+    y = attend_with_prefix(prefix, split(q), split(k), split(v), mask,
+                           dropout=self.dropout if self.training else 0.0, scale=1.0)
+    return self.out_proj(y.permute(2, 0, 1, 3).reshape(t, b, d)), None
+
+
+def _register_prefix_attention() -> None:
+    from esm.multihead_attention import MultiheadAttention
+
+    from peftlab.methods.prefix import register_prefix_attention
+
+    register_prefix_attention(MultiheadAttention, _esm_attention_with_prefix)
+
+
+_register_prefix_attention()

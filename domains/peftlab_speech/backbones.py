@@ -4,7 +4,8 @@
 ``pretrained: true`` loads the weights of torchaudio's pipeline bundle
 (``torchaudio.pipelines.HUBERT_BASE`` ...; downloaded through ``torch.hub``,
 whose cache is used first); ``checkpoint_path`` loads a local state dict in
-torchaudio's format (what ``bundle.get_model().state_dict()`` holds).
+torchaudio's format (what ``bundle.get_model().state_dict()`` holds). Both
+are read in torch's weights-only mode, never by plain unpickling.
 Without either, the architecture is built with random weights; ``num_layers``,
 ``embed_dim``, ``num_heads`` and ``ff_dim`` shrink it for offline work.
 
@@ -16,12 +17,14 @@ the data module crops to a maximum duration.
 ``HFSpeechEncoder`` builds the same families with transformers (``Wav2Vec2Model``,
 ``HubertModel``, ``WavLMModel``): a hub id or a local ``save_pretrained``
 directory, or random init from the family's config; its features equal the
-model's own ``last_hidden_state``.
+model's own ``last_hidden_state``. Its weights load from safetensors when the
+checkpoint has them, else from a pickled ``.bin`` in weights-only mode.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ import torchaudio
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
+from peftlab.module import CheckpointFileError
+from peftlab.safe_load import hub_cache_file, load_weights_file, refusing_unsafe_pickles
 
 _BASE = dict(extractor_mode="group_norm", extractor_conv_bias=False, encoder_embed_dim=768, encoder_num_layers=12,
              encoder_num_heads=12, encoder_ff_interm_features=3072, encoder_layer_norm_first=False)
@@ -69,6 +74,26 @@ WAVLM_NOTES = {name: "torchaudio's WavLM computes attention in nn.MultiheadAtten
 WAVLM_SITES = {"mlp_in": "feed_forward.intermediate_dense", "mlp_out": "feed_forward.output_dense"}
 
 
+def _load_torchaudio_bundle(bundle_name: str) -> nn.Module:
+    """``torchaudio.pipelines.<bundle>.get_model()``, its weights read in torch's weights-only mode.
+
+    A bundle downloads through ``torch.hub.load_state_dict_from_url``, whose default unpickles with
+    ``weights_only=False`` (a tampered file in the hub cache would run code); ``dl_kwargs`` are passed on
+    to it as they are, so the file is read weights-only (torchaudio's files are plain state dicts)."""
+    bundle = getattr(torchaudio.pipelines, bundle_name)
+    file = hub_cache_file(getattr(bundle, "_path", bundle_name))  # where torch.hub keeps it (for messages)
+    try:
+        with refusing_unsafe_pickles(file, f"torchaudio {bundle_name} weights file"):
+            model = bundle.get_model(dl_kwargs={"weights_only": True, "map_location": "cpu"})
+    except urllib.error.URLError as e:
+        raise OSError(f"could not download torchaudio's {bundle_name} weights ({e.reason}); offline, put the "
+                      f"file at {file}") from None
+    except RuntimeError as e:
+        raise CheckpointFileError(f"{file}: not torchaudio's {bundle_name} weights, or truncated "
+                                  f"({str(e).strip().splitlines()[0]})") from e
+    return getattr(model, "model", model)  # torchaudio wraps some in a waveform-normalising shell
+
+
 def build_torchaudio_model(name: str, overrides: dict[str, Any], dropout: float) -> nn.Module:
     family, arch, _, _ = TORCHAUDIO_MODELS[name]
     kwargs = dict(extractor_conv_layer_config=None, encoder_projection_dropout=dropout, encoder_pos_conv_kernel=128,
@@ -95,6 +120,8 @@ class TorchaudioEncoder(Backbone):
             whatever the method (on by default).
         dropout: dropout inside the encoder while training.
         seed: seed of the random initialisation.
+        gradient_checkpointing: recompute each block's activations in the backward instead of
+            keeping them (less memory, more time; see :mod:`peftlab.backbone`).
 
     Batch input: ``waveforms`` ``[B, N]`` (16 kHz) and ``lengths`` ``[B]``
     (valid samples). Features: one token per 20 ms frame.
@@ -107,12 +134,13 @@ class TorchaudioEncoder(Backbone):
     def __init__(self, name: str = "hubert_base", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, num_heads: int | None = None,
                  ff_dim: int | None = None, conv_channels: int | None = None, freeze_feature_extractor: bool = True,
-                 dropout: float = 0.0, seed: int = 0) -> None:
+                 dropout: float = 0.0, seed: int = 0, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path,
                               num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim,
                               conv_channels=conv_channels, freeze_feature_extractor=freeze_feature_extractor,
-                              dropout=dropout, seed=seed)
+                              dropout=dropout, seed=seed, gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing = gradient_checkpointing
         if name not in TORCHAUDIO_MODELS:
             raise ValueError(f"unknown torchaudio model {name!r}; known: {', '.join(TORCHAUDIO_MODELS)}")
         family, _, bundle_name, self.normalize_waveform = TORCHAUDIO_MODELS[name]
@@ -124,8 +152,7 @@ class TorchaudioEncoder(Backbone):
         if pretrained and checkpoint_path is None:
             if any(v is not None for v in overrides.values()):
                 raise ValueError("size overrides only apply to random-init models or local checkpoints of that size")
-            bundle = getattr(torchaudio.pipelines, bundle_name)
-            model = bundle.get_model()
+            model = _load_torchaudio_bundle(bundle_name)
             model = getattr(model, "model", model)  # torchaudio wraps some in a waveform-normalising shell
         else:
             with torch.random.fork_rng():
@@ -135,7 +162,7 @@ class TorchaudioEncoder(Backbone):
                 path = Path(checkpoint_path)
                 if not path.is_file():
                     raise FileNotFoundError(f"torchaudio checkpoint {path} does not exist")
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_weights_file(path, f"torchaudio {name} state dict")
                 missing, unexpected = model.load_state_dict(state, strict=False)
                 if missing or unexpected:
                     raise ValueError(f"{path}: not a {name} state dict of this size: missing {missing[:3]}, "
@@ -255,6 +282,15 @@ def _family_from_name(name: str) -> str | None:
     return None
 
 
+def _hf_weights_file(name_or_path: str, local: Path | None) -> str:
+    """The pickled weights file transformers would read (for messages): a local directory's ``.bin`` /
+    ``.pt`` / ``.pth``, else the hub id."""
+    if local is not None:
+        pickled = sorted(p for ext in ("*.bin", "*.pt", "*.pth") for p in local.glob(ext))
+        return str(pickled[0]) if len(pickled) == 1 else str(local)
+    return f"{name_or_path} (its pytorch_model.bin)"
+
+
 def _looks_like_path(name: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything else (absolute, ``./``, ``~``, deeper) is a path."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
@@ -283,6 +319,9 @@ class HFSpeechEncoder(Backbone):
         dropout: dropout inside the encoder while training (hidden, attention, activation and projection
             dropout; the checkpoint's values are replaced). SpecAugment masking and LayerDrop are always off.
         seed: seed of the random initialisation.
+        gradient_checkpointing: recompute each block's activations in the backward instead of keeping them
+            (less memory, more time): peftlab's block loop (see :mod:`peftlab.backbone`), not transformers'
+            ``gradient_checkpointing_enable``.
 
     Batch input: ``waveforms`` ``[B, N]`` (16 kHz) and ``lengths`` ``[B]`` (valid samples). Features: one
     token per 20 ms frame; the sample mask becomes a frame mask as transformers computes it (the conv
@@ -298,13 +337,16 @@ class HFSpeechEncoder(Backbone):
                  family: str | None = None, num_layers: int | None = None, hidden_size: int | None = None,
                  num_heads: int | None = None, intermediate_size: int | None = None, conv_dim: int | None = None,
                  stable_layer_norm: bool | None = None, freeze_feature_extractor: bool = True,
-                 normalize_waveform: bool | None = None, dropout: float = 0.0, seed: int = 0) -> None:
+                 normalize_waveform: bool | None = None, dropout: float = 0.0, seed: int = 0,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name_or_path=name_or_path, pretrained=pretrained, family=family,
                               num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
                               intermediate_size=intermediate_size, conv_dim=conv_dim,
                               stable_layer_norm=stable_layer_norm, freeze_feature_extractor=freeze_feature_extractor,
-                              normalize_waveform=normalize_waveform, dropout=dropout, seed=seed)
+                              normalize_waveform=normalize_waveform, dropout=dropout, seed=seed,
+                              gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing = gradient_checkpointing
         from transformers.masking_utils import create_bidirectional_mask
 
         local = Path(name_or_path).expanduser()
@@ -346,7 +388,11 @@ class HFSpeechEncoder(Backbone):
             if config.model_type != family:
                 raise ValueError(f"{name_or_path} holds a {config.model_type!r} model, not {family!r}")
             self._check_supported(config, name_or_path)
-            model = model_cls.from_pretrained(name_or_path, config=config)
+            # transformers reads safetensors when the checkpoint has them, else a pickled .bin / .pt, which is
+            # read in torch's weights-only mode (said explicitly: it is the default of transformers 5 only)
+            with refusing_unsafe_pickles(_hf_weights_file(name_or_path, local if is_local else None),
+                                         "transformers weights file"):
+                model = model_cls.from_pretrained(name_or_path, config=config, weights_only=True)
         else:
             if is_local:  # the directory's architecture, then the overrides
                 config = config_cls.from_pretrained(local, **settings)
@@ -507,3 +553,53 @@ def _hf_normalize(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
     mean = (waveforms * valid).sum(1, keepdim=True) / n
     var = (((waveforms - mean) * valid) ** 2).sum(1, keepdim=True) / n
     return (waveforms - mean) / torch.sqrt(var + 1e-7) * valid
+
+
+# ---- prefix tuning: the libraries' attention with learned keys/values prepended ------------------
+
+def _torchaudio_attention_with_prefix(self, prefix, x: Tensor, attention_mask: Tensor | None = None,
+                                      position_bias=None, key_padding_mask=None):
+    """torchaudio's wav2vec2/HuBERT SelfAttention.forward, attending over the prefix too."""
+    from peftlab.methods.prefix import attend_with_prefix
+
+    b, t, d = x.shape
+    heads = lambda y: y.view(b, t, self.num_heads, self.head_dim).transpose(2, 1)  # noqa: E731
+    out = attend_with_prefix(prefix, heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
+                             attention_mask, dropout=self.dropout if self.training else 0.0)
+    return self.out_proj(out.transpose(1, 2).reshape(b, t, d)), None
+
+
+def _hf_attention_with_prefix(self, prefix, hidden_states: Tensor, key_value_states=None, attention_mask=None,
+                              output_attentions: bool = False, **kwargs):
+    """transformers' Wav2Vec2Attention / HubertAttention.forward (self-attention), attending over the prefix too."""
+    from peftlab.methods.prefix import attend_with_prefix
+
+    if key_value_states is not None:
+        raise ValueError("prefix tuning: cross-attention is not supported")
+    b, t, _ = hidden_states.shape
+    heads = lambda y: y.view(b, t, -1, self.head_dim).transpose(1, 2)  # noqa: E731
+    out = attend_with_prefix(prefix, heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)),
+                             heads(self.v_proj(hidden_states)), attention_mask,
+                             dropout=self.dropout if self.training else 0.0, scale=self.scaling)
+    return self.out_proj(out.transpose(1, 2).reshape(b, t, -1)), None
+
+
+def _register_prefix_attention() -> None:
+    from torchaudio.models.wav2vec2.components import SelfAttention
+    from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
+    from transformers.models.hubert.modeling_hubert import HubertAttention
+    from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Attention
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    from peftlab.methods.prefix import register_prefix_attention
+
+    register_prefix_attention(SelfAttention, _torchaudio_attention_with_prefix)
+    register_prefix_attention(Wav2Vec2Attention, _hf_attention_with_prefix)
+    register_prefix_attention(HubertAttention, _hf_attention_with_prefix)
+    why = ("WavLM's attention runs in torch's fused multi-head kernel with a gated relative position bias "
+           "over exactly the input positions; there is no place for prefix keys (use lora on the MLP or adapters)")
+    register_prefix_attention(WavLMSelfAttention, refuse=why)
+    register_prefix_attention(WavLMAttention, refuse=why)
+
+
+_register_prefix_attention()

@@ -1,79 +1,348 @@
-"""Adapter-only save and load, and merging.
+"""Checkpoint and adapter files: atomic writes, safe loading, adapters, merging.
 
 An adapter directory holds ``adapter.safetensors`` (only the trained tensors,
 head included) and ``adapter_config.json`` (method, head, task, label names,
-and the backbone's spec and identity). Nothing here unpickles anything.
+and the backbone's spec and identity). Nothing here unpickles anything but
+plain data: adapters are safetensors + JSON, and Lightning checkpoints
+(``.ckpt``) load in torch's weights-only mode through
+:func:`load_checkpoint_file`, which every CLI run uses (through
+:class:`AtomicCheckpointIO`) for ``--ckpt_path``.
+
+Every file is written atomically (:func:`atomic_write`): to a temporary file
+beside the target, flushed to disk, then renamed over it, so a crash or a
+SIGKILL in the middle of a write leaves the previous file as it was.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import tempfile
+import pickle
+import sys
+import uuid
+import zipfile
+from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from peftlab.backbone import Backbone
 from peftlab.methods import METHODS, Method
-from peftlab.module import PeftModule, check_identity
+from peftlab.module import (FORMAT_VERSION, LOADED_FROM_KEY, CheckpointFileError, NonFiniteLossError, PeftModule,
+                            check_identity)
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
+
+# Globals that weights-only loading of a .ckpt accepts beyond torch's own list
+# (tensors, dicts, lists, tuples, primitive types, OrderedDict, torch.Size ...).
+# peftlab's checkpoints need none: Lightning's parts (loops, callbacks, optimiser
+# and scheduler states, hyper_parameters), the DataModule's position, our
+# metadata and the random states (a torch ByteTensor, Python's state tuple) are
+# all plain data. Add a class here only if a checkpoint really needs it.
+SAFE_CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
+
+__all__ = ["AdapterFileError", "AtomicCheckpointIO", "CheckpointFileError", "NonFiniteLossError", "atomic_write",
+           "load_adapter", "load_checkpoint_file", "merge_adapter", "read_adapter_config", "save_adapter",
+           "use_atomic_checkpoint_io"]
 
 
 class AdapterFileError(ValueError):
     """An adapter file is missing, truncated or not what it claims to be."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place, so a
-    crash never leaves a half-written file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+# ---- atomic writes ----------------------------------------------------------------------
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
     try:
-        write(tmp)
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by writers that were killed mid-write
+    (their process is gone); a live writer's file is kept."""
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) != os.getpid() and not _alive(int(parts[0])):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` writes a temporary file beside it,
+    which is flushed to disk (fsync) and renamed over ``path`` (``os.replace``);
+    the directory is synced too. A failure or a kill at any point leaves the
+    previous ``path`` intact (a failure removes the temporary file; one left by
+    a killed writer is removed by the next successful write of ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # not ending in .ckpt / .safetensors, so no checkpoint search (ModelCheckpoint's "last") ever picks it up
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        open(tmp, "xb").close()  # created with the usual permissions (mkstemp would make it 0600)
+        write(str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
+    _fsync_dir(path.parent)
+    _remove_stale_temporaries(path)
 
 
-def save_adapter(module: PeftModule, directory: str | os.PathLike) -> Path:
-    """Write the trained state and its config; returns the directory."""
+_atomic_write = atomic_write  # the earlier private name
+
+
+# ---- Lightning checkpoints (.ckpt) ----------------------------------------------------------
+
+def _unsafe_globals(source: Any) -> list[str]:
+    """The pickled classes/functions in a torch file that weights-only loading
+    would refuse (read from the pickle's opcodes; nothing is executed)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+    except Exception:  # a file too damaged to list them
+        return []
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a Lightning checkpoint in torch's weights-only mode: tensors and
+    plain data only, never code. A missing, truncated or corrupted file, a file
+    that is not a checkpoint, and a file that holds pickled objects (which
+    could run code when unpickled) are refused with a
+    :class:`CheckpointFileError` that names the file."""
+    name = os.fspath(path)
+    if name.startswith(("http://", "https://")):
+        try:
+            with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+                checkpoint = torch.hub.load_state_dict_from_url(name, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointFileError(f"{name}: refused: not plain tensors and data ({_first_line(e)})") from None
+        except Exception as e:
+            raise CheckpointFileError(f"{name}: could not load the checkpoint ({_first_line(e)})") from e
+        return _checked_checkpoint(checkpoint, name)
+    fs = get_filesystem(name)
+    if not fs.exists(name):
+        raise CheckpointFileError(f"{name}: file not found")
+    if fs.isdir(name):
+        raise CheckpointFileError(f"{name}: is a directory, not a checkpoint file")
+    try:
+        with fs.open(name, "rb") as f, torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        with fs.open(name, "rb") as f:
+            unsafe = _unsafe_globals(f)
+        if unsafe:
+            raise CheckpointFileError(
+                f"{name}: refused: the file holds pickled objects, not only tensors and plain data "
+                f"({', '.join(unsafe[:5])}); unpickling them could run code from the file, so peftlab loads "
+                f"checkpoints in torch's weights-only mode only. peftlab never writes such objects: this file "
+                f"was not written by peftlab, or it was altered") from None
+        raise CheckpointFileError(f"{name}: not a readable checkpoint, truncated or corrupted "
+                                  f"({_first_line(e)})") from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise CheckpointFileError(f"{name}: not a readable checkpoint, truncated or corrupted "
+                                  f"({_first_line(e)})") from e
+    return _checked_checkpoint(checkpoint, name)
+
+
+def _checked_checkpoint(checkpoint: Any, name: str) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(f"{name}: not a Lightning checkpoint (it holds a {type(checkpoint).__name__}, "
+                                  f"not a dict)")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointFileError(f"{name}: not a Lightning checkpoint (no 'state_dict')")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointFileError(f"{name}: state_dict entries that are not tensors: {bad[:3]}")
+    checkpoint[LOADED_FROM_KEY] = name  # so that later checks can name the file
+    return checkpoint
+
+
+def _is_local(path: Any) -> bool:
+    return isinstance(get_filesystem(os.fspath(path)), LocalFileSystem)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with atomic saves and safe loads.
+
+    ``save_checkpoint`` writes local files through :func:`atomic_write` (temp
+    file beside the target, fsync, ``os.replace``). Lightning 2.6's own save
+    serialises the whole checkpoint into memory, then writes it through an
+    fsspec transaction whose temporary file lies in the system's temp folder
+    and is moved into place with ``shutil.move``: a rename only when that
+    folder is on the checkpoint's file system (a copy into the target file
+    otherwise, which a kill can leave half-written), and never synced to disk.
+    Remote paths (fsspec URLs) keep Lightning's save.
+
+    ``load_checkpoint`` (``--ckpt_path``, ``trainer.fit(ckpt_path=...)``) uses
+    :func:`load_checkpoint_file`: weights-only, with errors that name the file.
+
+    Every ``peftlab`` CLI run uses it (:func:`use_atomic_checkpoint_io`) unless
+    the run names a CheckpointIO of its own.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"`Trainer.save_checkpoint(..., storage_options=...)` is not supported by "
+                            f"{type(self).__name__}")
+        if not _is_local(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if weights_only is False:
+            raise ValueError(f"{path}: peftlab loads checkpoints in torch's weights-only mode only "
+                             f"(weights_only=False could run code from the file)")
+        return load_checkpoint_file(path, map_location=map_location)
+
+
+def use_atomic_checkpoint_io(strategy: Any) -> None:
+    """Give ``strategy`` an :class:`AtomicCheckpointIO` where it would use
+    Lightning's default ``TorchCheckpointIO``, also as the base of a wrapping
+    plugin (``AsyncCheckpointIO``) that names none. A CheckpointIO the user
+    chose (any other class) is left alone."""
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(current, _WrappingCheckpointIO):
+        base = current.checkpoint_io
+        if base is None:
+            current.checkpoint_io = AtomicCheckpointIO()
+        elif type(base) is TorchCheckpointIO:  # Lightning already filled in its default
+            current._checkpoint_io = AtomicCheckpointIO()
+
+
+# ---- adapters -------------------------------------------------------------------------------
+
+def save_adapter(module: PeftModule, directory: str | os.PathLike, state: dict[str, Any] | None = None) -> Path:
+    """Write the trained state and its config; returns the directory. ``state``:
+    the trained tensors when the caller gathered them (FSDP, DeepSpeed ZeRO-3:
+    :func:`peftlab.distributed.gather_trainable_state`), else the module's own."""
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.trainable_state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "peftlab"}))
+    state = module.trainable_state_dict() if state is None else state
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "peftlab"}))
     config = json.dumps(module.run_metadata(), indent=2, sort_keys=True, default=str)
-    _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config))
+    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config))
     return directory
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The adapter's ``adapter_config.json``, checked for the fields loading needs."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise AdapterFileError(f"{path}: no adapter config here (expected {CONFIG_FILE} beside {WEIGHTS_FILE})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{path}: not valid JSON ({e})") from e
+    _check_adapter_config(meta, path)
+    return meta
 
 
-def _import(class_path: str) -> type:
+# field -> the type(s) its value must have
+_CONFIG_FIELDS: dict[str, Any] = {
+    "format_version": int, "method": dict, "method.name": str, "method.class_path": str, "method.init_args": dict,
+    "backbone": dict, "backbone.class_path": str, "backbone.init_args": dict, "backbone_identity": dict,
+    "head": dict, "head.task_type": str, "head.num_outputs": int, "head.pooling": str,
+    "head.hidden_dim": (int, type(None)), "head.dropout": (int, float),
+}
+
+
+def _check_adapter_config(meta: Any, path: Path) -> None:
+    if not isinstance(meta, dict):
+        raise AdapterFileError(f"{path}: not an adapter config (a JSON object is expected)")
+    for field, kind in _CONFIG_FIELDS.items():
+        value: Any = meta
+        for part in field.split("."):
+            value = value.get(part, KeyError) if isinstance(value, dict) else KeyError
+        if value is KeyError:
+            raise AdapterFileError(f"{path}: field {field!r} is missing")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise AdapterFileError(f"{path}: field {field!r} has a wrong type ({type(value).__name__})")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise AdapterFileError(f"{path}: written by a newer peftlab (format {meta['format_version']}, "
+                               f"this one reads up to {FORMAT_VERSION})")
+
+
+def _trusted_module(module_name: str) -> bool:
+    """peftlab and its domain packages (``peftlab_*``): an adapter config may make
+    peftlab import these; other modules must be imported already (a config never
+    makes peftlab import a module of its choosing)."""
+    top = module_name.split(".")[0]
+    return top == "peftlab" or top.startswith("peftlab_")
+
+
+def _import(class_path: str, base: type, source: Path) -> type:
+    """The class ``class_path`` names, which must subclass ``base``: an adapter
+    config is data, so it may name a backbone or method class, never any other
+    callable (``os.system`` ...)."""
     module_name, _, name = class_path.rpartition(".")
-    module = __import__(module_name, fromlist=[name])
-    return getattr(module, name)
+    if not module_name or not name.isidentifier():
+        raise AdapterFileError(f"{source}: {class_path!r} is not a class path")
+    if _trusted_module(module_name):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise AdapterFileError(f"{source}: cannot import {module_name!r} for {class_path!r} ({e})") from e
+    elif module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        raise AdapterFileError(f"{source}: names {class_path!r}, whose module is not imported; import it first "
+                               f"(or pass the {base.__name__.lower()} yourself)")
+    obj = getattr(module, name, None)
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise AdapterFileError(f"{source}: {class_path!r} is not a {base.__name__} class")
+    return obj
 
 
-def build_method_from_spec(spec: dict[str, Any]) -> Method:
+def build_method_from_spec(spec: dict[str, Any], source: Path | None = None) -> Method:
     if spec["name"] in METHODS:
         return METHODS[spec["name"]](**spec["init_args"])
-    return _import(spec["class_path"])(**spec["init_args"])
+    return _import(spec["class_path"], Method, source or Path(CONFIG_FILE))(**spec["init_args"])
 
 
 def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None, force: bool = False) -> PeftModule:
@@ -81,35 +350,51 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     recorded spec), the method applied to it, the head, and the trained tensors.
 
     Refuses a backbone whose identity differs from the one the adapter was
-    trained on, unless ``force``.
+    trained on, unless ``force``. A missing, truncated or altered file gives an
+    :class:`AdapterFileError` naming it.
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
+    config_path = directory / CONFIG_FILE
     if backbone is None:
-        backbone = _import(meta["backbone"]["class_path"])(**meta["backbone"]["init_args"])
+        backbone_class = _import(meta["backbone"]["class_path"], Backbone, config_path)
+        try:
+            backbone = backbone_class(**meta["backbone"]["init_args"])
+        except TypeError as e:
+            raise AdapterFileError(f"{config_path}: backbone init_args do not fit {backbone_class.__name__} ({e})") from e
     check_identity(meta["backbone_identity"], backbone.identity(), f"the adapter in {directory}", force=force)
     head = meta["head"]
-    module = PeftModule(backbone, build_method_from_spec(meta["method"]), task_type=head["task_type"],
-                        num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
-                        pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
-                        layer_weighted_sum=head.get("layer_weighted_sum", False))
+    try:
+        method = build_method_from_spec(meta["method"], config_path)
+        module = PeftModule(backbone, method, task_type=head["task_type"], num_outputs=head["num_outputs"],
+                            label_names=meta.get("label_names"), pooling=head["pooling"],
+                            head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
+                            layer_weighted_sum=head.get("layer_weighted_sum", False))
+    except AdapterFileError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise AdapterFileError(f"{config_path}: the method or head it describes cannot be built ({e})") from e
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise AdapterFileError(f"{weights_path}: file not found")
     try:
         tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise AdapterFileError(f"{weights_path}: not a readable safetensors file ({e})") from e
-    expected = set(module.trainable_state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    expected = module.trainable_state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise AdapterFileError(f"{weights_path}: does not match method {meta['method']['name']}: "
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
-             for k, v in module.trainable_state_dict().items() if tensors[k].shape != v.shape]
+             for k, v in expected.items() if tensors[k].shape != v.shape]
     if wrong:
         raise AdapterFileError(f"{weights_path}: tensor shapes do not match method {meta['method']['name']} "
                                f"{meta['method']['init_args']}: {'; '.join(wrong[:3])}")
+    kinds = [f"{k} {tensors[k].dtype} for {v.dtype}" for k, v in expected.items()
+             if tensors[k].is_floating_point() != v.is_floating_point()]
+    if kinds:
+        raise AdapterFileError(f"{weights_path}: tensor types do not match: {'; '.join(kinds[:3])}")
     module.load_state_dict(tensors, strict=False)
     return module
 

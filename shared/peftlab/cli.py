@@ -19,20 +19,56 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from peftlab.callbacks import AdapterExport, PredictionCSVWriter, StepTimer
+from peftlab.checkpoint import load_checkpoint_file, use_atomic_checkpoint_io
 from peftlab.data import PeftDataModule
 from peftlab.module import PeftModule
 
 
 class PeftLabCLI(LightningCLI):
+    """LightningCLI over PeftModule and a domain DataModule. Every run writes
+    checkpoints atomically and loads ``--ckpt_path`` in torch's weights-only
+    mode (:class:`peftlab.checkpoint.AtomicCheckpointIO`, unless the run names
+    a CheckpointIO plugin of its own)."""
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.task_type", "model.task_type", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         parser.add_lightning_class_args(AdapterExport, "adapter")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoint_io(trainer.strategy)
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """What LightningCLI (2.6) does with ``--ckpt_path`` before building the
+        model: read the checkpoint's ``hyper_parameters`` into the config. Its
+        own version calls ``torch.load`` directly, so a truncated or altered file
+        failed deep inside torch; here the file goes through peftlab's
+        weights-only loader, whose errors name it."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = load_checkpoint_file(ckpt_path).get("hyper_parameters") or {}
+        hparams = dict(hparams)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the hyperparameters in {ckpt_path} failed!\n")
+            raise
 
 
 def main(args: list[str] | None = None) -> int | None:
@@ -44,6 +80,10 @@ def main(args: list[str] | None = None) -> int | None:
         from peftlab.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv and argv[0] == "predict-adapters":  # several adapters on one backbone, a CSV each
+        from peftlab.multi_adapter import main as predict_adapters_main
+
+        return predict_adapters_main(argv[1:])
     PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
                       save_config_kwargs={"overwrite": True}, args=args)
     return None

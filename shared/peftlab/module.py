@@ -12,16 +12,56 @@ from torch import Tensor
 
 from peftlab.backbone import Backbone
 from peftlab.cache import FeatureCache
+from peftlab.distributed import unwrapped_name
 from peftlab.heads import TaskHead
 from peftlab.methods import LoRA, Method, count_parameters
 from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
 
 CHECKPOINT_KEY = "peftlab"
 FORMAT_VERSION = 1
+LOADED_FROM_KEY = "_peftlab_loaded_from"  # set by peftlab.checkpoint's loader: the file, for messages
 
 
 class BackboneMismatchError(ValueError):
     """An adapter or checkpoint was trained on another backbone than the one given."""
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file is missing, truncated, altered, unsafe or not peftlab's."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (or non-finite trained weights)."""
+
+
+def check_finite_loss(module: L.LightningModule, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
+    """Stop training at a NaN / infinite loss, before its backward pass and
+    optimiser step, naming the step, the epoch, the batch and its examples.
+    (A check in training_step, not a callback: it sees the batch, runs before
+    any gradient exists, and holds wherever a PeftModule trains. In
+    data-parallel runs all processes agree, so all stop together.)"""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    trainer = module._trainer
+    if trainer is not None and trainer.world_size > 1:
+        everywhere = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite and not everywhere:
+            raise NonFiniteLossError(f"another data-parallel process had a non-finite training loss at global "
+                                     f"step {module.global_step}, epoch {module.current_epoch} (its error names "
+                                     f"the batch); training stopped before this step's update")
+        finite = everywhere
+    if finite:
+        return
+    ids = [str(i) for i in batch.get("ids", [])]
+    shown = ", ".join(ids[:16]) + (f", ... ({len(ids)} in all)" if len(ids) > 16 else "")
+    diverged = [n for n, p in module.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    cause = (f"The trained weights already hold NaN or inf (e.g. {diverged[0]}): an earlier update diverged; "
+             f"lower the learning rate." if diverged else
+             "Check these examples' inputs and labels, or lower the learning rate.")
+    raise NonFiniteLossError(
+        f"non-finite training loss ({loss.detach().float().flatten()[0].item()}) at global step "
+        f"{module.global_step}, epoch {module.current_epoch}, batch {batch_idx} (example ids: {shown or 'none'}). "
+        f"Training stopped before this step's update; checkpoints written so far are left as they are "
+        f"(peftlab never writes non-finite weights). {cause}")
 
 
 def check_identity(expected: dict[str, Any], actual: dict[str, Any], source: str, force: bool = False) -> None:
@@ -100,12 +140,13 @@ class PeftModule(L.LightningModule):
         """Every parameter that trains (head included), by its name in this module,
         and the buffers of layers whose own weights train (a trained batch norm's
         running statistics belong to what was trained)."""
-        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        # names as state dicts spell them, also when FSDP or activation checkpointing wraps blocks
+        state = {unwrapped_name(n): p.detach() for n, p in self.named_parameters() if p.requires_grad}
         for prefix, module in self.named_modules():
             if any(p.requires_grad for p in module.parameters(recurse=False)):
                 for name, buf in module.named_buffers(recurse=False):
                     if name not in module._non_persistent_buffers_set:
-                        state[f"{prefix}.{name}" if prefix else name] = buf.detach()
+                        state[unwrapped_name(f"{prefix}.{name}" if prefix else name)] = buf.detach()
         return state
 
     def parameter_summary(self) -> dict[str, float]:
@@ -127,12 +168,17 @@ class PeftModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
+        extra = self.method.regularization(self.backbone)  # e.g. AdaLoRA's orthogonality penalty
+        if extra is not None:
+            loss = loss + extra
+        check_finite_loss(self, loss, batch, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, preds, target = self._step(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        # sync_dist: the mean over every process's examples in multi-process runs
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
         self.val_metrics.update(preds, target)
 
     def _log_metrics(self, metrics) -> None:
@@ -155,7 +201,7 @@ class PeftModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, preds, target = self._step(batch)
-        self.log("test/loss", loss, batch_size=len(batch["ids"]))
+        self.log("test/loss", loss, batch_size=len(batch["ids"]), sync_dist=True)
         self.test_metrics.update(preds, target)
 
     def on_test_epoch_end(self) -> None:
@@ -177,10 +223,8 @@ class PeftModule(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         head = [p for p in self.head.parameters() if p.requires_grad]
-        body = [p for p in self.backbone.parameters() if p.requires_grad]
         groups = [{"params": head, "lr": self.head_lr or self.lr, "name": "head"}]
-        if body:
-            groups.append({"params": body, "lr": self.lr, "name": "backbone"})
+        groups += self.method.param_groups(self.backbone, self.lr)  # LoRA+ gives B its own rate
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
         warmup = int(total * self.warmup_fraction)
@@ -198,7 +242,16 @@ class PeftModule(L.LightningModule):
         if self.feature_cache is not None:
             self.backbone.eval()  # cached features must not depend on dropout draws
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After an optimiser step, with its gradients still there (Lightning zeroes them at the start
+        # of the next step): AdaLoRA scores and re-allocates ranks. Once per optimiser step, also when
+        # gradients accumulate over several batches.
+        if self.global_step != getattr(self, "_method_step", None):
+            self._method_step = self.global_step
+            self.method.after_optimizer_step(self.backbone, self.global_step)
+
     def on_fit_start(self) -> None:
+        self.method.on_fit_start(self.backbone, max(1, int(self.trainer.estimated_stepping_batches)))
         if self.feature_cache is not None and getattr(self.trainer.datamodule, "augment", False):
             raise ValueError("cache_frozen_features reuses each example's first features, but the data module "
                              "augments training examples (set augment: false, or turn the cache off)")
@@ -218,6 +271,11 @@ class PeftModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = set(self.trainable_state_dict())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+        bad = [k for k, v in checkpoint["state_dict"].items()  # plain tensors (sharded ones: the loss check)
+               if type(v) in (Tensor, torch.nn.Parameter) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # never replace a good checkpoint with diverged weights
+            raise NonFiniteLossError(f"refusing to write a checkpoint at global step {self.global_step}: trained "
+                                     f"tensor(s) {bad[:3]} hold NaN or infinite values (training diverged)")
         checkpoint[CHECKPOINT_KEY] = self.run_metadata()
         # Lightning does not save random states; with them a resumed run draws the
         # same dropout masks as an uninterrupted one (exact resume on the CPU).
@@ -226,19 +284,33 @@ class PeftModule(L.LightningModule):
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = f"the checkpoint {checkpoint[LOADED_FROM_KEY]}" if LOADED_FROM_KEY in checkpoint else "the checkpoint"
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
-            raise ValueError("this checkpoint was not written by peftlab (no 'peftlab' metadata)")
-        check_identity(meta["backbone_identity"], self.backbone_identity, "the checkpoint")
-        if meta["method"]["init_args"] != self.method.options() or meta["method"]["name"] != self.method.name:
-            raise ValueError(f"the checkpoint was trained with method {meta['method']['name']} "
-                             f"{meta['method']['init_args']}, but this run uses {self.method!r}")
-        missing = sorted(set(self.trainable_state_dict()) - set(checkpoint["state_dict"]))
+            raise CheckpointFileError(f"{source} was not written by peftlab (no 'peftlab' metadata)")
+        try:
+            identity, method = dict(meta["backbone_identity"]), meta["method"]
+            method_name, method_args = method["name"], method["init_args"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointFileError(f"{source}: its peftlab metadata is damaged ({type(e).__name__}: {e})") from None
+        check_identity(identity, self.backbone_identity, source)
+        if method_args != self.method.options() or method_name != self.method.name:
+            raise ValueError(f"{source} was trained with method {method_name} {method_args}, "
+                             f"but this run uses {self.method!r}")
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(checkpoint["state_dict"]))
         if missing:
-            raise ValueError(f"the checkpoint lacks {len(missing)} trained tensor(s), e.g. {missing[:3]}")
+            raise CheckpointFileError(f"{source} lacks {len(missing)} trained tensor(s), e.g. {missing[:3]}")
+        wrong = [f"{k} {tuple(checkpoint['state_dict'][k].shape)} != {tuple(v.shape)}"
+                 for k, v in expected.items() if checkpoint["state_dict"][k].shape != v.shape]
+        if wrong:
+            raise CheckpointFileError(f"{source}: tensor shapes do not fit this model: {'; '.join(wrong[:3])}")
         if "rng_states" in checkpoint:
             states = checkpoint["rng_states"]
-            torch.set_rng_state(states["torch"])
-            random.setstate(states["python"])  # torch.load keeps its nested tuples
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+            try:
+                torch.set_rng_state(states["torch"])
+                random.setstate(states["python"])  # torch.load keeps its nested tuples
+                if states["cuda"] and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(states["cuda"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointFileError(f"{source}: its random states are damaged ({e})") from None

@@ -10,6 +10,7 @@ import esm
 import pytest
 import torch
 
+from peftlab.safe_load import UnsafeWeightsError
 from peftlab_protein import ESM2_SIZES, ESM2Backbone
 
 
@@ -101,5 +102,5 @@ def test_checkpoint_with_arbitrary_pickled_objects_is_refused(tmp_path):
     data = torch.load(path, weights_only=False)
     data["cfg"]["evil"] = torch.nn.Linear(2, 2)  # any non-allow-listed class
     torch.save(data, path)
-    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+    with pytest.raises(UnsafeWeightsError, match=rf"{path}: refused: .*\(torch\.nn\.modules\.linear\.Linear\)"):
         ESM2Backbone(checkpoint_path=str(path))

@@ -49,3 +49,19 @@ def data_root() -> Path:
     if not path.is_dir():
         pytest.fail(f"PEFTLAB_DATA={root} is not a directory")
     return path
+
+
+# ---- hypothesis: one fixed profile, so that property tests draw the same examples on every run
+# and machine (derandomize), keep no example database, and leave hangs to the tests' own time
+# guard (a wall-clock deadline would make results depend on the load of a shared CI machine).
+# HYPOTHESIS_PROFILE=explore draws fresh random examples on every run, for local bug hunts.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is in the dev extra; the property tests import it themselves
+    pass
+else:
+    _hypothesis_settings.register_profile("peftlab", derandomize=True, database=None, deadline=None,
+                                          print_blob=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False, database=None, deadline=None,
+                                          print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "peftlab"))

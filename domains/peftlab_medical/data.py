@@ -26,7 +26,11 @@ Transforms (all MONAI, see :meth:`MedicalImageDataModule.transform`):
 load -> ``ScaleIntensity`` (each image min-max scaled to [0, 1]) -> ``Resize``
 (when ``image_size`` is set) -> on the train split only, when ``augment``:
 ``RandFlip`` (left-right), ``RandRotate``, ``RandZoom`` -> ``RepeatChannel``
-(grayscale to 3 channels when ``channels=3``) -> a plain float32 tensor.
+(grayscale to 3 channels when ``channels=3``) -> a plain float32 tensor. The
+random transforms are reseeded before every item from (DataModule seed, epoch,
+item index), so the augmented training stream is the same whatever the number
+of DataLoader workers or the cache, and a run resumed from a mid-epoch
+checkpoint sees the same augmentations as the uninterrupted run.
 
 Items are ``{"image": FloatTensor[C, H, W] (3D: [C, D, H, W]), "label": Tensor,
 "id": str}``; :meth:`MedicalImageDataModule.collate` stacks them into
@@ -42,10 +46,10 @@ re-raises it as a ``RuntimeError`` carrying the same message).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,15 +67,18 @@ from monai.transforms import (
     LoadImage,
     MapTransform,
     RandFlipd,
+    Randomizable,
     RandRotated,
     RandZoomd,
     RepeatChanneld,
     Resized,
     ScaleIntensityd,
+    Transform,
 )
-from monai.utils import MAX_SEED
+from torch.utils.data import DataLoader
 
-from peftlab.data import DataError, PeftDataModule, assign_splits
+from peftlab.data import (DataError, EpochTaggedBatchSampler, PeftDataModule, assign_splits, csv_dict_reader,
+                          file_exists, item_seed, open_text, rebuild_loader)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -91,6 +98,8 @@ __all__ = [
 ]
 
 IMAGE_TASK_TYPES = ("binary", "multiclass", "multilabel")
+MIN_IMAGE_SIDE = 2  # pixels per spatial side: RandZoom (and any resize) breaks on 1-pixel sides
+_LABEL_LIMIT = 2**31  # a label at or beyond this is not a class index (and would wrap in int64 casts)
 # file suffix -> the MONAI reader that decodes it
 IMAGE_SUFFIXES: dict[str, str] = {".png": "pil", ".jpg": "pil", ".jpeg": "pil", ".dcm": "dicom",
                                   ".nii": "nifti", ".nii.gz": "nifti"}
@@ -154,8 +163,9 @@ def _split_name(value: str, path: PathLike, record: Any) -> str:
 
 
 def _sorted_names(names: set[str]) -> list[str]:
-    """Class names in a stable order: numerically when all are integers, else alphabetically."""
-    if names and all(n.lstrip("-").isdigit() for n in names):
+    """Class names in a stable order: numerically when all are (ASCII) integers, else alphabetically."""
+    # not str.isdigit: it accepts "²", which int() refuses
+    if names and all(re.fullmatch(r"-?[0-9]+", n) for n in names):
         return sorted(names, key=int)
     return sorted(names)
 
@@ -222,7 +232,8 @@ class LoadImageRecordd(MapTransform):
     tensor: the files' metadata (affine, spacing) is not kept, as
     classification does not use it.
 
-    Any decoding error, a wrong number of spatial axes or an unusable channel
+    Any decoding error, a wrong number of spatial axes, a side shorter than
+    :data:`MIN_IMAGE_SIDE`, NaN or infinite pixel values or an unusable channel
     count raises :class:`DataError` naming the file (``source`` for arrays) and
     the record id.
     """
@@ -272,6 +283,11 @@ class LoadImageRecordd(MapTransform):
             raise DataError(path, record, f"image has {image.ndim - 1} spatial axes (shape {tuple(image.shape[1:])}"
                                           f" after the channel axis); expected {self.spatial_dims}D images"
                                           + ("" if self.spatial_dims == 3 else " (set spatial_dims=3 for volumes)"))
+        if min(image.shape[1:]) < MIN_IMAGE_SIDE:
+            raise DataError(path, record, f"image is too small: shape {tuple(image.shape[1:])}; every side needs "
+                                          f"at least {MIN_IMAGE_SIDE} pixels")
+        if not torch.isfinite(image).all():
+            raise DataError(path, record, "non-finite pixel values (NaN or inf)")
         _check_channels(int(image.shape[0]), self.channels, path, record)
         # a plain tensor: later transforms start from fresh metadata whose spatial rank
         # matches the channel-first shape (a MetaTensor made before the channel axis was
@@ -294,32 +310,79 @@ def _data_errors() -> Iterator[None]:
         raise
 
 
-class _WorkerSeeded:
-    """Mixin for MONAI datasets: DataError unwrapping and per-worker augmentation seeds.
+def _randomizable_transforms(transform: Any) -> list[Randomizable]:
+    """Every random transform in a MONAI chain, nested ones included (a dictionary transform keeps its
+    array transform, e.g. ``RandRotated.rand_rotate``, with a random state of its own); each is given a
+    random state object of its own (MONAI's class-level default is shared by all instances)."""
+    found: list[Randomizable] = []
+    seen: set[int] = set()
 
-    MONAI's own DataLoader reseeds random transforms in each worker; peftlab's
-    base uses torch's DataLoader, so each worker reseeds its copy of the
-    transforms from torch's per-worker seed on its first item (otherwise all
-    workers would draw the same augmentations).
+    def visit(t: Any) -> None:
+        if id(t) in seen:
+            return
+        seen.add(id(t))
+        if isinstance(t, Randomizable):
+            found.append(t)
+        children = list(getattr(t, "transforms", None) or ()) if isinstance(t, Compose) else []
+        children += [v for v in vars(t).values() if isinstance(v, Transform)] if hasattr(t, "__dict__") else []
+        for child in children:
+            visit(child)
+
+    visit(transform)
+    for t in found:
+        t.R = np.random.RandomState()
+    return found
+
+
+class _ItemSeeded:
+    """Mixin for MONAI datasets: DataError unwrapping and augmentation seeded per (seed, epoch, item).
+
+    Before each item, every random transform of the chain is reseeded from
+    :func:`peftlab.data.item_seed` of the DataModule's seed, the epoch and the
+    item's index. The training loader asks for ``(epoch, index)`` keys
+    (:class:`peftlab.data.EpochTaggedBatchSampler`); a plain ``int`` key counts
+    the reads of that index instead (read ``n`` is epoch ``n``'s draw). The
+    augmented stream is then the same whatever the number of DataLoader workers
+    or the cache, and a run resumed from a mid-epoch checkpoint draws what the
+    uninterrupted run drew (a chain seeded once and drawn from in order, or
+    reseeded per worker as MONAI's DataLoader does, depends on both).
+    Slices and index lists still give MONAI's ``Subset``.
     """
 
     transform: Compose
-    _seeded_for: int | None = None
+    seed: int = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, (int, np.integer)) for k in key):
+            epoch, index = int(key[0]), int(key[1])
+        elif isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)  # type: ignore[arg-type]
+            draws = self.__dict__.setdefault("_draws", {})
+            epoch = draws.get(index, 0)
+            draws[index] = epoch + 1
+        else:
+            return super().__getitem__(key)  # type: ignore[misc]
+        self._seed_item(epoch, index)
+        return self._transform(index)
+
+    def _seed_item(self, epoch: int, index: int) -> None:
+        transforms = self.__dict__.get("_random_transforms")
+        if transforms is None:
+            transforms = self.__dict__["_random_transforms"] = _randomizable_transforms(self.transform)
+        base = item_seed(self.seed, epoch, index)
+        for i, t in enumerate(transforms):  # in place: ~7 us each, a new RandomState ~65 us
+            t.R.seed([base & 0xFFFFFFFF, base >> 32, i])
 
     def _transform(self, index: int) -> Any:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._seeded_for != info.seed:
-            self.transform.set_random_state(seed=info.seed % MAX_SEED)
-            self._seeded_for = info.seed
         with _data_errors():
             return super()._transform(index)  # type: ignore[misc]
 
 
-class _ImageDataset(_WorkerSeeded, Dataset):
+class _ImageDataset(_ItemSeeded, Dataset):
     """MONAI ``Dataset`` whose decoding errors surface as DataError."""
 
 
-class _CachedImageDataset(_WorkerSeeded, CacheDataset):
+class _CachedImageDataset(_ItemSeeded, CacheDataset):
     """MONAI ``CacheDataset`` (deterministic transforms run once) whose decoding errors surface as DataError."""
 
     def _load_cache_item(self, idx: int) -> Any:
@@ -462,8 +525,15 @@ class MedicalImageDataModule(PeftDataModule):
                                                 progress=False)
         else:
             data = _ImageDataset(items, self.transform(split))
+        data.seed = self.seed  # augmentation per (seed, epoch, item): see _ItemSeeded
         self._datasets[split] = (records, data)
         return data
+
+    def train_dataloader(self) -> DataLoader:
+        """The base loader, with indices tagged by epoch so that augmentation is drawn per
+        (seed, epoch, item): the same with any number of workers, and exact on resume."""
+        loader = super().train_dataloader()
+        return rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
 
     def _label_tensor(self, label: int | list[float]) -> torch.Tensor:
         if self.task_type == "multiclass":
@@ -561,6 +631,13 @@ def _medmnist_labels(labels: np.ndarray, count: int, key: str, path: PathLike) -
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise DataError(path, f"{key}[{row}]", f"label {labels[row].tolist()} is not a whole number")
+    if labels.size and labels.dtype.kind in "iuf":  # before the int64 cast, which would wrap huge values
+        values = labels.astype(np.float64) if labels.dtype.kind == "f" else labels  # float16 cannot hold 2**31
+        bad = (values >= _LABEL_LIMIT) | (values < -_LABEL_LIMIT)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(path, f"{key}[{row}]", f"label {labels[row].tolist()} is not a class index "
+                                                   f"(far outside any class range)")
     return labels.astype(np.int64)
 
 
@@ -568,13 +645,15 @@ def read_medmnist(path: PathLike, spatial_dims: int = 2) -> dict[str, tuple[np.n
     """The three splits of a MedMNIST v2 ``.npz`` as ``{split: (images, labels (N, K) int64)}``.
 
     Checks every key is there, images are numeric with a 2D (``(N,H,W)``,
-    ``(N,H,W,1|3)``) or 3D (``(N,D,H,W)``, ``(N,D,H,W,1|3)``) shape, and labels
-    are whole numbers with one row per image and the same width in every split.
+    ``(N,H,W,1|3)``) or 3D (``(N,D,H,W)``, ``(N,D,H,W,1|3)``) shape, the same
+    layout in every split, at least one image per split, sides of at least
+    :data:`MIN_IMAGE_SIDE` and finite values, and labels are whole numbers with
+    one row per image and the same width in every split.
     Label *ranges* are checked by :class:`MedMNISTDataModule` (they depend on the task).
     """
     archive = _open_npz(path)
     with archive:
-        out = {}
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for split in ("train", "val", "test"):
             images = _npz_array(archive, f"{split}_images", path)
             labels = _npz_array(archive, f"{split}_labels", path)
@@ -591,6 +670,25 @@ def read_medmnist(path: PathLike, spatial_dims: int = 2) -> dict[str, tuple[np.n
                 hint = " (3D volumes? set spatial_dims=3)" if spatial_dims == 2 and images.shape[-1] > 4 else ""
                 raise DataError(path, key, f"images have shape {images.shape}: {images.shape[-1]} channels on the "
                                            f"last axis{hint}; expected 1 (grayscale) or 3 (RGB)")
+            image_layout = (images.ndim, images.shape[-1] if channel_last else None)
+            if split == "train":
+                train_shape, train_layout = images.shape, image_layout
+            elif image_layout != train_layout:  # items take their channel axis from the train split's layout
+                raise DataError(path, key, f"images have shape {images.shape} but train_images have shape "
+                                           f"{train_shape}: every split needs the same layout (channel axis or "
+                                           "not, same channel count)")
+            if images.shape[0] == 0:
+                raise DataError(path, key, f"holds no images (shape {images.shape}): the {split!r} split is empty")
+            sides = images.shape[1 : 1 + spatial_dims]
+            if min(sides) < MIN_IMAGE_SIDE:
+                raise DataError(path, key, f"images have shape {images.shape}: spatial size {sides} is too small "
+                                           f"(every side needs at least {MIN_IMAGE_SIDE} pixels)")
+            if images.dtype.kind == "f":
+                finite = np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
+                if not finite.all():
+                    i = int(np.argmin(finite))
+                    raise DataError(path, f"{split}_{i}", f"image {i} of {key} has non-finite pixel values "
+                                                          "(NaN or inf)")
             out[split] = (images, _medmnist_labels(labels, images.shape[0], f"{split}_labels", path))
     widths = {s: labels.shape[1] for s, (_, labels) in out.items()}
     if len(set(widths.values())) > 1:
@@ -602,17 +700,17 @@ def _npz_label_summary(path: PathLike) -> tuple[int, int]:
     """``(label columns, largest label + 1)`` of a MedMNIST file, reading only the label arrays."""
     archive = _open_npz(path)
     with archive:
-        widths, top = set(), 0
+        widths, top = {}, 0
         for split in ("train", "val", "test"):
             key = f"{split}_labels"
             labels = _npz_array(archive, key, path)
-            labels = _medmnist_labels(labels, len(labels), key, path)
-            widths.add(labels.shape[1])
+            labels = _medmnist_labels(labels, labels.shape[0] if labels.ndim else 0, key, path)
+            widths[split] = labels.shape[1]
             if labels.size:
                 top = max(top, int(labels.max()) + 1)
-    if len(widths) > 1:
-        raise DataError(path, None, f"label columns differ between splits: {sorted(widths)}")
-    return widths.pop(), top
+    if len(set(widths.values())) > 1:
+        raise DataError(path, None, f"label columns differ between splits: {widths}")
+    return widths["train"], top
 
 
 class MedMNISTDataModule(MedicalImageDataModule):
@@ -864,8 +962,8 @@ def read_image_csv(path: PathLike, *, image_column: str = "path", label_columns:
     if not path.is_file():
         raise DataError(path, None, "is a directory, not a file" if path.is_dir() else "file not found (no such file)")
     base = path.parent if image_root is None else path.parent / image_root
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    with open_text(path, newline="") as f:
+        reader = csv_dict_reader(f, path)
         header = list(reader.fieldnames or [])
         if not header:
             raise DataError(path, None, "empty file: no header row")
@@ -891,7 +989,7 @@ def read_image_csv(path: PathLike, *, image_column: str = "path", label_columns:
             if image_format(image) is None:
                 raise DataError(path, where, f"image file {image} has an unsupported type; expected one of "
                                              f"{', '.join(IMAGE_SUFFIXES)}")
-            if not image.is_file():
+            if not file_exists(path, where, image, cell, "image"):
                 raise DataError(path, where, f"image file {image} does not exist")
             record_id = row[id_column].strip() if id_column else cell
             if not record_id:

@@ -24,15 +24,19 @@ Every problem in the input raises :class:`peftlab.data.DataError`, whose
 message names the file, the record and what is wrong.
 
 Residues: the ESM alphabet's 20 standard amino acids plus the ambiguous
-letters ``X B Z U O`` are accepted; lowercase is upper-cased and whitespace is
-removed. Any other character is an error, unless ``unknown_residues="map_to_x"``
-is chosen, in which case any other ASCII *letter* becomes ``X`` (non-letters
-such as ``*``, ``-`` or digits are still an error).
+letters ``X B Z U O`` are accepted; lowercase is upper-cased and ASCII
+whitespace (space, tab, line breaks) is removed. Any other character is an
+error, unless ``unknown_residues="map_to_x"`` is chosen, in which case any
+other ASCII *letter* becomes ``X`` (non-letters such as ``*``, ``-`` or digits,
+and every non-ASCII character, are still an error: ``"ſ".upper()`` is ``"S"``,
+so upper-casing them would silently invent residues).
+
+Files are read as UTF-8 (a BOM is skipped); other bytes, or a CSV field longer
+than the csv module's limit, raise a DataError naming the line.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -45,7 +49,7 @@ from typing import Any
 
 import torch
 
-from peftlab.data import IGNORE_INDEX, DataError, PeftDataModule, assign_splits
+from peftlab.data import IGNORE_INDEX, DataError, PeftDataModule, assign_splits, csv_dict_reader, open_text
 from peftlab_protein.backbones import esm_alphabet  # the ESM-1b/ESM-2 alphabet of fair-esm
 
 __all__ = [
@@ -73,6 +77,8 @@ _ALLOWED_SET = frozenset(ALLOWED_RESIDUES)
 _ASCII_LETTERS = frozenset(string.ascii_uppercase)
 _ID_COLUMNS = ("id", "name")
 _SET_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+_ASCII_WHITESPACE = " \t\n\r\v\f"
+_ASCII_SPACE_RUN = re.compile(f"[{re.escape(_ASCII_WHITESPACE)}]+")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
 
@@ -131,9 +137,11 @@ def clean_sequence(raw: str, *, path: PathLike, record_id: Any, unknown_residues
         DataError: empty sequence, or an invalid character.
     """
     _check_policy(unknown_residues)
-    seq = "".join(raw.split()).upper()
+    seq = _ASCII_SPACE_RUN.sub("", raw)
     if not seq:
         raise DataError(path, record_id, "empty sequence")
+    # upper-case ASCII only: str.upper maps some non-ASCII letters to ASCII ones ("ſ" -> "S", "ﬀ" -> "FF")
+    seq = seq.upper() if seq.isascii() else "".join(c.upper() if c.isascii() else c for c in seq)
     if set(seq) <= _ALLOWED_SET:
         return seq
     if unknown_residues == "map_to_x":
@@ -159,11 +167,15 @@ def _number(text: str, path: PathLike, record_id: Any) -> float:
 
 def _parse_label(raw: Sequence[str], task_type: str, path: PathLike, record_id: Any) -> Any:
     """Parse the target value(s) of one record (one string per target column)."""
+    if task_type == "token_classification":
+        # one character per residue, whatever it is: only ASCII whitespace (line breaks) is not a label
+        label = _ASCII_SPACE_RUN.sub("", raw[0])
+        if not label:
+            raise DataError(path, record_id, "missing target value")
+        return label
     values = [v.strip() for v in raw]
     if any(v == "" for v in values):
         raise DataError(path, record_id, "missing target value")
-    if task_type == "token_classification":
-        return "".join(values[0].split())
     if task_type == "multiclass":
         return values[0]
     if task_type == "binary":
@@ -174,6 +186,8 @@ def _parse_label(raw: Sequence[str], task_type: str, path: PathLike, record_id: 
     if task_type == "multilabel":
         # several 0/1 columns, or one column holding "0,1,1" / "0;1;1" / "0 1 1"
         parts = values if len(values) > 1 else [p for p in re.split(r"[,;\s]+", values[0]) if p]
+        if not parts:
+            raise DataError(path, record_id, f"multilabel target {values[0]!r} holds no 0/1 values")
         numbers = [_number(p, path, record_id) for p in parts]
         if any(x not in (0.0, 1.0) for x in numbers):
             raise DataError(path, record_id, f"multilabel targets must be 0 or 1, got {values}")
@@ -241,8 +255,8 @@ def _target_columns(target_column: str | Sequence[str]) -> list[str]:
 
 def _csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and ``(row number, row)`` pairs of a CSV, checking required columns and row widths."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    with open_text(path, newline="") as f:
+        reader = csv_dict_reader(f, path)
         header = list(reader.fieldnames or [])
         if not header:
             raise DataError(path, None, "empty file: no header row")
@@ -326,9 +340,9 @@ def _read_fasta_entries(path: Path) -> list[_FastaEntry]:
             current.body = "".join(chunks)
             entries.append(current)
 
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, start=1):
-            line = line.strip()
+            line = line.strip(_ASCII_WHITESPACE)
             if not line or line.startswith(";"):
                 continue
             if line.startswith(">"):
@@ -401,8 +415,8 @@ def _read_labels(path: Path, task_type: str, target_column: str | Sequence[str]
                                                 "attribute nor a label line")
             labels[entry.id] = (raw, _entry_split(entry, path))
         return labels
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), [])
+    with open_text(path, newline="") as f:
+        header = list(csv_dict_reader(f, path).fieldnames or [])
     if not all(t in header for t in targets) and "label" in header:
         targets = ["label"]
     id_column = next((c for c in _ID_COLUMNS if c in header), "id")

@@ -29,24 +29,27 @@ DataLoader workers, and a resumed run sees the same crops and noise.
 
 Every problem in the input raises :class:`peftlab.data.DataError` naming the
 file: a missing, corrupt or unreadable file, an empty file (0 frames), a
+header sample rate outside :data:`MIN_SAMPLE_RATE`-:data:`MAX_SAMPLE_RATE` Hz
+(a corrupt header) or one that torchaudio cannot resample to ``sample_rate``
+without a huge filter (rates with no usable common factor, e.g. 44101 Hz), a
 sample rate or channel count outside the user's constraints
 (``expected_sample_rate``, ``max_channels``), a segment outside the file, a
-manifest or list-file row naming a missing file, or an FSDD name that does not
-match the pattern. With ``check_files=True`` (the default) every file's header
-is read once (``soundfile.info``, ~30 us a file) when the splits are loaded,
-so these errors surface before training starts.
+manifest or list-file row naming a missing file, a manifest or list file that
+is not UTF-8 text, or an FSDD name that does not match the pattern. With
+``check_files=True`` (the default) every file's header is read once
+(``soundfile.info``, ~30 us a file) when the splits are loaded, so these
+errors surface before training starts.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +57,10 @@ from typing import Any
 import soundfile as sf
 import torch
 import torchaudio
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from peftlab.data import DataError, PeftDataModule, assign_splits, seeded_split
+from peftlab.data import (DataError, EpochTaggedBatchSampler, PeftDataModule, assign_splits, csv_dict_reader,
+                          file_exists, item_seed, open_text, rebuild_loader, seeded_split)
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -66,6 +70,8 @@ __all__ = [
     "FSDD_TEST_TAKES",
     "KWS12_LABELS",
     "KWS12_WORDS",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
     "SILENCE_LABEL",
     "UNKNOWN_LABEL",
     "AudioAugmentation",
@@ -89,6 +95,8 @@ __all__ = [
 AUDIO_SUFFIXES = (".wav", ".flac")
 CROP_MODES = ("random", "center", "start")
 DEFAULT_NOISE_SNR_DB = (5.0, 10.0, 15.0, 20.0)
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000  # header rates outside this are corrupt headers
+_RESAMPLE_TAP_LIMIT = 2**23  # taps of torchaudio's sinc filter bank (built in float64: 64 MiB per copy)
 _READ_ERRORS = (RuntimeError, ValueError, TypeError, OSError)  # soundfile.LibsndfileError is a RuntimeError
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -158,17 +166,46 @@ def audio_info(path: str | Path, record: Any = None) -> AudioInfo:
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
 
 
+def resample_taps(orig_freq: int, new_freq: int) -> int:
+    """Size of the filter bank torchaudio's sinc resampler builds for ``orig_freq -> new_freq``.
+
+    torchaudio reduces both rates by their gcd and builds ``new x (orig + 2 * width)``
+    taps: small for the usual rates (44100 -> 16000: 76,000), but 706 million
+    for 44101 -> 16000, which would exhaust the memory.
+    """
+    if orig_freq == new_freq:
+        return 0
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))  # lowpass_filter_width=6, rolloff=0.99
+    return new * (orig + 2 * width)
+
+
 def check_audio(path: str | Path, info: AudioInfo, *, start: float | None = None, end: float | None = None,
                 expected_sample_rate: int | None = None, max_channels: int | None = None,
-                record: Any = None) -> tuple[int, int]:
+                record: Any = None, sample_rate: int | None = None) -> tuple[int, int]:
     """Validate a file's header against the constraints and return the segment's ``(first, stop)`` frames.
 
+    ``sample_rate`` is the rate the file will be resampled to (``None``: not checked).
+
     Raises:
-        DataError: empty file, unexpected sample rate or channel count, or a
-            segment that is empty or lies (partly) outside the file.
+        DataError: empty file, a header sample rate outside
+            :data:`MIN_SAMPLE_RATE`-:data:`MAX_SAMPLE_RATE`, or one that cannot be
+            resampled to ``sample_rate`` within a sane filter size, unexpected
+            sample rate or channel count, or a segment that is empty or lies
+            (partly) outside the file.
     """
     if info.frames <= 0:
         raise DataError(path, record, "empty audio file (0 frames)")
+    if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+        raise DataError(path, record, f"sample rate {info.sample_rate} Hz in the header is outside "
+                                      f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz (a corrupt header?)")
+    if sample_rate is not None and resample_taps(info.sample_rate, sample_rate) > _RESAMPLE_TAP_LIMIT:
+        taps = resample_taps(info.sample_rate, sample_rate)
+        raise DataError(path, record, f"sample rate {info.sample_rate} Hz cannot be resampled to {sample_rate} Hz: "
+                                      f"the rates share no usable common factor, so torchaudio would build a "
+                                      f"{taps / 1e6:.0f}M-tap filter; convert the file to a standard rate "
+                                      "(e.g. 16000, 22050, 44100 or 48000 Hz)")
     if expected_sample_rate is not None and info.sample_rate != expected_sample_rate:
         raise DataError(path, record, f"sample rate {info.sample_rate} Hz, expected {expected_sample_rate} Hz "
                                       "(expected_sample_rate)")
@@ -230,7 +267,7 @@ def load_audio(path: str | Path, *, sample_rate: int = 16000, start: float | Non
         with sf.SoundFile(str(p)) as f:
             info = AudioInfo(int(f.frames), int(f.samplerate), int(f.channels))
             first, stop = check_audio(p, info, start=start, end=end, expected_sample_rate=expected_sample_rate,
-                                      max_channels=max_channels, record=record)
+                                      max_channels=max_channels, record=record, sample_rate=sample_rate)
             count = stop - first
             if max_samples is not None:  # the window in source frames, enough for max_samples after resampling
                 window = math.ceil(max_samples * info.sample_rate / sample_rate)
@@ -354,13 +391,8 @@ class AudioAugmentation:
 
 
 # ---------------------------------------------------------------------------------------
-# Dataset, collate and the epoch-tagged sampler
+# Dataset and collate (the epoch-tagged sampler is peftlab.data.EpochTaggedBatchSampler)
 # ---------------------------------------------------------------------------------------
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A generator seed for one item in one epoch (distinct for distinct triples in practice)."""
-    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2**63 - 1)
-
 
 class AudioDataset(Dataset):
     """Decodes records per item: ``{"waveform": FloatTensor[N], "label": int, "id": str}``.
@@ -428,41 +460,7 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class EpochTaggedBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Wraps a batch sampler so each index travels with the epoch it is drawn in.
-
-    The epoch is the wrapped sampler's ``epoch`` counter (the one
-    :class:`peftlab.data.LengthGroupedBatchSampler` uses for its order and
-    that the DataModule checkpoints), read before each pass.
-    """
-
-    def __init__(self, batch_sampler: Any):
-        self.batch_sampler = batch_sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = int(getattr(self.batch_sampler, "epoch", 0))
-        for batch in self.batch_sampler:
-            yield [(epoch, int(i)) for i in batch]
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-
-def _rebuild_loader(loader: DataLoader, *, dataset: Dataset | None = None,
-                    batch_sampler: Any | None = None) -> DataLoader:
-    """A DataLoader like ``loader`` with another dataset and/or batch sampler."""
-    workers = loader.num_workers
-    return DataLoader(dataset if dataset is not None else loader.dataset,
-                      batch_sampler=batch_sampler if batch_sampler is not None else loader.batch_sampler,
-                      collate_fn=loader.collate_fn, num_workers=workers, pin_memory=loader.pin_memory,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      multiprocessing_context=loader.multiprocessing_context if workers else None,
-                      generator=loader.generator, prefetch_factor=loader.prefetch_factor if workers else None,
-                      persistent_workers=loader.persistent_workers)
+_rebuild_loader = rebuild_loader  # the earlier private name
 
 
 # ---------------------------------------------------------------------------------------
@@ -618,7 +616,7 @@ class AudioDataModule(PeftDataModule):
         info = self.file_info(record.path, record.id)
         first, stop = check_audio(record.path, info, start=record.start, end=record.end,
                                   expected_sample_rate=self.expected_sample_rate,
-                                  max_channels=self.max_channels, record=record.id)
+                                  max_channels=self.max_channels, record=record.id, sample_rate=self.sample_rate)
         return first, stop, info
 
     # ---- task description (num_outputs / label_names: PeftDataModule, set by _resolve_labels) --
@@ -655,14 +653,14 @@ class AudioDataModule(PeftDataModule):
     def train_dataloader(self) -> DataLoader:
         """The base loader, with indices tagged by epoch so augmentation is (seed, epoch)-reproducible."""
         loader = super().train_dataloader()
-        return _rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
+        return rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction never augments, not even on the train split."""
         loader = super().predict_dataloader()
         if self.predict_split != "train":
             return loader
-        return _rebuild_loader(loader, dataset=self.make_dataset(self.splits["train"], train=False))
+        return rebuild_loader(loader, dataset=self.make_dataset(self.splits["train"], train=False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -742,15 +740,19 @@ class SpeechCommandsDataModule(AudioDataModule):
     def _read_list(self, list_path: Path, files: dict[str, Path]) -> list[str]:
         """Ids named by a list file, each checked to be a word file of the data set."""
         ids = []
-        with open(list_path, encoding="utf-8") as f:
+        with open_text(list_path) as f:
             for n, line in enumerate(f, start=1):
                 rel = line.strip().replace("\\", "/").removeprefix("./")
                 if not rel:
                     continue
                 if rel not in files:
                     full = self.root / rel
-                    problem = ("is not an audio file of a word folder" if full.is_file()
-                               else f"not found ({full})")
+                    try:
+                        problem = ("is not an audio file of a word folder" if full.is_file()
+                                   else f"not found ({full})")
+                    except OSError as error:  # e.g. a name longer than the file system allows
+                        problem = f"is not a usable file name ({error.strerror})"
+                        rel = rel if len(rel) <= 80 else rel[:80] + "..."
                     raise DataError(list_path, f"line {n}", f"listed file {rel!r} {problem}")
                 ids.append(rel)
         return ids
@@ -849,7 +851,7 @@ def parse_fsdd_name(path: str | Path) -> tuple[str, str, int]:
     Raises:
         DataError: the name does not match the pattern.
     """
-    match = FSDD_NAME.match(Path(path).name)
+    match = FSDD_NAME.fullmatch(Path(path).name)  # not match: "$" also matches before a final "\n"
     if match is None:
         raise DataError(path, None, "file name does not match the FSDD pattern {digit}_{speaker}_{take}.wav "
                                     "(e.g. 7_jackson_32.wav)")
@@ -944,9 +946,12 @@ def read_audio_csv(path: str | Path) -> list[AudioRecord]:
     csv_path = Path(path)
     if not csv_path.is_file():
         raise DataError(csv_path, None, "manifest file not found")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+    with open_text(csv_path, newline="") as f:
+        reader = csv_dict_reader(f, csv_path)
         header = [c.strip() for c in reader.fieldnames or []]
+        repeated = sorted({c for c in header if c and header.count(c) > 1})
+        if repeated:
+            raise DataError(csv_path, "line 1", f"the header names column(s) {repeated} more than once")
         reader.fieldnames = header
         missing = [c for c in ("path", "label") if c not in header]
         if missing:
@@ -966,7 +971,7 @@ def read_audio_csv(path: str | Path) -> list[AudioRecord]:
         if not label:
             raise DataError(csv_path, where, "empty label")
         audio = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
-        if not audio.is_file():
+        if not file_exists(csv_path, where, audio, rel, "audio"):
             raise DataError(csv_path, where, f"audio file {rel!r} not found ({audio})")
         start = _seconds(row.get("start", ""), "start", csv_path, where)
         end = _seconds(row.get("end", ""), "end", csv_path, where)

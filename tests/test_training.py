@@ -45,6 +45,21 @@ def method_configs() -> list[str]:
     return sorted(p.name for p in (CONFIGS / "methods").glob("*.yaml"))
 
 
+def fit_method_config(method_yaml: str, args: list[str]) -> None:
+    """``peftlab fit`` with a method config; a QLoRA config, on a machine without CUDA
+    and bitsandbytes, must stop before training with the message that says so."""
+    if "quantize:" in (CONFIGS / "methods" / method_yaml).read_text():
+        from peftlab.quantize import QuantizationUnavailableError, require_bitsandbytes
+
+        try:
+            require_bitsandbytes()
+        except QuantizationUnavailableError:
+            with pytest.raises(QuantizationUnavailableError, match="needs bitsandbytes and a CUDA GPU"):
+                main(args)
+            return
+    main(args)
+
+
 def backbone_configs() -> list[str]:
     return sorted(p.name for p in (CONFIGS / "protein").glob("*.yaml")
                   if p.name.startswith("esm2_") or p.name.endswith("2024.yaml"))
@@ -52,8 +67,8 @@ def backbone_configs() -> list[str]:
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_cli_runs_every_method_config(method_yaml, tmp_path):
-    main(["fit", *cfg("protein/esm2_tiny.yaml", f"methods/{method_yaml}", "protein/synthetic_motif.yaml"),
-          *TINY_BACKBONE, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+    fit_method_config(method_yaml, ["fit", *cfg("protein/esm2_tiny.yaml", f"methods/{method_yaml}", "protein/synthetic_motif.yaml"),
+                                    *TINY_BACKBONE, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", backbone_configs())
@@ -88,8 +103,8 @@ def imaging_backbone_configs() -> list[str]:
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_cli_runs_every_method_config_on_a_vit(method_yaml, tmp_path):
-    main(["fit", *cfg("medical/vit_tiny.yaml", f"methods/{method_yaml}", "medical/synthetic_lesion.yaml"),
-          *TINY_VIT, *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+    fit_method_config(method_yaml, ["fit", *cfg("medical/vit_tiny.yaml", f"methods/{method_yaml}", "medical/synthetic_lesion.yaml"),
+                                    *TINY_VIT, *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", imaging_backbone_configs())
@@ -134,8 +149,8 @@ def speech_backbone_configs() -> list[str]:
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_cli_runs_every_method_config_on_a_speech_encoder(method_yaml, tmp_path):
-    main(["fit", *cfg("speech/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/synthetic_tones.yaml"),
-          *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+    fit_method_config(method_yaml, ["fit", *cfg("speech/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/synthetic_tones.yaml"),
+                                    *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", speech_backbone_configs())
@@ -186,6 +201,7 @@ def test_cli_runs_every_speech_data_config_on_files_given_on_the_command_line(da
 def test_every_yaml_is_covered_by_a_cli_test():
     covered = {f"methods/{m}" for m in method_configs()} | {f"protein/{b}" for b in backbone_configs()}
     covered |= {"protein/esm2_tiny.yaml", "protein/synthetic_motif.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"}
+    covered |= {"trainer/ddp.yaml", "trainer/fsdp.yaml", "trainer/deepspeed.yaml"}  # parsed (and DDP run) in tests/test_scaling.py
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/medmnist.yaml",
                                                                         "medical/synthetic_lesion.yaml"}
     covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/{d}" for d in SPEECH_DATA}

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from peftlab.checkpoint import save_adapter
+from peftlab.distributed import gather_to_rank_zero, gather_trainable_state
 
 
 def run_dir(trainer: L.Trainer) -> str:
@@ -45,6 +46,10 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
         path = Path(self.output or os.path.join(run_dir(trainer), "predictions.csv"))
+        # multi-process runs: each rank predicted its share; rank 0 writes them all (peftlab.distributed)
+        predictions = gather_to_rank_zero(trainer, list(predictions))
+        if predictions is None:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         rows: list[list[Any]] = []
         header: list[str] | None = None
@@ -82,9 +87,12 @@ class AdapterExport(L.Callback):
         self.directory = directory
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # multi-process runs (peftlab.distributed): every rank joins, since log_dir is a
+        # broadcast and FSDP / ZeRO-3 gather the trained shards; rank 0 writes
+        target = self.directory or os.path.join(run_dir(trainer), "adapter")
+        state = gather_trainable_state(trainer, pl_module)
         if trainer.is_global_zero:
-            target = self.directory or os.path.join(run_dir(trainer), "adapter")
-            self.written_path = save_adapter(pl_module, target)
+            self.written_path = save_adapter(pl_module, target, state=state)
             pl_module.print(f"peftlab: adapter written to {self.written_path}")
 
 

@@ -25,6 +25,17 @@ A backbone implements ``embed``, ``run_block`` and (optionally)
 ``final_norm``; the shared ``forward`` here runs the blocks, gives token hooks
 (prompt tuning) their turn before each block, strips the tokens they inserted
 and collects per-layer states.
+
+Gradient (activation) checkpointing is implemented here, once: with
+``gradient_checkpointing`` on (every backbone takes it as an ``__init__``
+option), while training with gradients enabled, each block call that
+``run_block`` makes goes through ``torch.utils.checkpoint.checkpoint``
+(``use_reentrant=False``): the block's activations are dropped after the
+forward and recomputed in the backward. Only the block call is checkpointed,
+not the rest of ``run_block``, so the state a backbone keeps between blocks
+(position biases, masks, counters) is not replayed by the recomputation. The
+option changes memory and time, never the weights or the values: it is in the
+backbone's ``spec`` (init args) but not in its ``identity``.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -83,6 +95,8 @@ class Backbone(nn.Module):
     bypassed_modules: tuple[str, ...] = ()
     adapter_sites: dict[str, str] = {}
     token_sequence: bool = True
+    #: recompute each block's activations in the backward instead of keeping them (set from ``__init__``)
+    gradient_checkpointing: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -154,17 +168,34 @@ class Backbone(nn.Module):
         x, attn_mask, content_mask = self.embed(batch)
         layers = [self._to_batch_first(x)] if output_layers else None
         inserted = 0
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             for hook in self.token_hooks.values():
                 before = x.shape[self.seq_dim]
                 x, attn_mask = hook(i, x, attn_mask, self)
                 inserted += x.shape[self.seq_dim] - before
-            x = self.run_block(block, x, attn_mask)
+            x = self.run_block(CheckpointedBlock(block) if checkpointing else block, x, attn_mask)
             if layers is not None:
                 layers.append(self._to_batch_first(self._strip_inserted(x, inserted)))
         hidden = self._to_batch_first(self.final_norm(self._strip_inserted(x, inserted)))
         cls = hidden[:, 0] if self.num_prefix_tokens > 0 else None
         return Features(hidden=hidden, mask=content_mask, cls=cls, layers=layers)
+
+
+class CheckpointedBlock:
+    """Stands in for a block inside ``run_block`` while gradient checkpointing
+    is active: calling it runs the block under ``torch.utils.checkpoint``
+    (non-reentrant, so frozen inputs and keyword arguments work and the RNG
+    state is replayed for dropout); any other attribute is the block's."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.block, name)
 
 
 # ---- targets: presets and layer subsets -> module names --------------------------------

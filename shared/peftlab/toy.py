@@ -56,7 +56,8 @@ class ToyBlock(nn.Module):
 
 
 class ToyTransformer(Backbone):
-    """Args: vocab_size, dim, depth, heads, mlp_ratio, max_len, seed (random init)."""
+    """Args: vocab_size, dim, depth, heads, mlp_ratio, max_len, seed (random init),
+    gradient_checkpointing (see :mod:`peftlab.backbone`)."""
 
     seq_dim = 1
     num_prefix_tokens = 1
@@ -73,10 +74,12 @@ class ToyTransformer(Backbone):
     adapter_sites = {"attention_out": "attn.proj", "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
 
     def __init__(self, vocab_size: int = 33, dim: int = 32, depth: int = 2, heads: int = 4,
-                 mlp_ratio: int = 2, max_len: int = 128, seed: int = 0) -> None:
+                 mlp_ratio: int = 2, max_len: int = 128, seed: int = 0, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(vocab_size=vocab_size, dim=dim, depth=depth, heads=heads,
-                              mlp_ratio=mlp_ratio, max_len=max_len, seed=seed)
+                              mlp_ratio=mlp_ratio, max_len=max_len, seed=seed,
+                              gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing = gradient_checkpointing
         self.embed_dim = dim
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -86,8 +89,8 @@ class ToyTransformer(Backbone):
             self.layers = nn.ModuleList(ToyBlock(dim, heads, mlp_ratio) for _ in range(depth))
             self.norm = nn.LayerNorm(dim)
 
-    def config(self) -> dict[str, Any]:
-        return dict(self.init_args)
+    def config(self) -> dict[str, Any]:  # the architecture; gradient checkpointing changes no weight
+        return {k: v for k, v in self.init_args.items() if k != "gradient_checkpointing"}
 
     def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         tokens = batch["tokens"]

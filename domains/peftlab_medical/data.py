@@ -535,6 +535,13 @@ class MedicalImageDataModule(PeftDataModule):
         loader = super().train_dataloader()
         return rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
 
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction never augments, not even on the train split."""
+        loader = super().predict_dataloader()
+        if self.predict_split != "train" or not self.augment:
+            return loader
+        return rebuild_loader(loader, dataset=self.dataset("predict-train", self.splits["train"]))
+
     def _label_tensor(self, label: int | list[float]) -> torch.Tensor:
         if self.task_type == "multiclass":
             return torch.tensor(int(label), dtype=torch.long)  # type: ignore[arg-type]

@@ -175,6 +175,17 @@ def test_augmentation_only_on_train(tmp_path):
     assert not torch.equal(item(MedMNISTDataModule(path, seed=1, **ALWAYS), "train")["image"], changed)
 
 
+def test_predicting_on_the_train_split_never_augments(tmp_path):
+    path = str(medmnist(tmp_path))
+    augmented = MedMNISTDataModule(path, augment=True, predict_split="train", batch_size=4, **ALWAYS)
+    plain = MedMNISTDataModule(path, augment=False, predict_split="train", batch_size=4)
+    for dm in (augmented, plain):
+        dm.setup("predict")
+    first = next(iter(augmented.predict_dataloader()))
+    assert torch.equal(first["images"], next(iter(plain.predict_dataloader()))["images"])
+    assert torch.equal(first["images"], next(iter(augmented.predict_dataloader()))["images"])  # and every time
+
+
 def test_cache_on_and_off_give_identical_eval_items(tmp_path):
     path = str(medmnist(tmp_path))
     cached = MedMNISTDataModule(path, cache=True, image_size=32, channels=3)

@@ -154,3 +154,29 @@ def test_pissa_reloads_exactly_from_a_fresh_backbone(tmp_path):
     batch = make_batch("esm2")
     with torch.no_grad():
         torch.testing.assert_close(load_adapter(tmp_path).eval()(batch), module.eval()(batch), rtol=0, atol=0)
+
+
+def test_adalora_resumes_exactly_mid_schedule(tmp_path):
+    """Its importance scores and rank pattern live outside the parameters: they are
+    checkpointed, so a run resumed in the budget phase or after the final allocation
+    ends where the uninterrupted run ends."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(root, ckpt_path=None):
+        L.seed_everything(0)
+        method = build_method("adalora", init_r=4, target_r=2, initial_fraction=0.1, final_fraction=0.2)
+        module = PeftModule(make_backbone("toy"), method, task_type="regression", num_outputs=1, lr=1e-2,
+                            head_dropout=0.0)
+        trainer = L.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
+                            callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_top_k=-1,
+                                                       filename="{step}")])
+        trainer.fit(module, train_dataloaders=toy_batches(1), ckpt_path=ckpt_path)  # one batch per epoch
+        return module
+
+    straight = run(tmp_path / "straight")
+    assert sum(straight.method.ranks(straight.backbone).values()) == 2 * 4
+    for step in (6, 14):  # in the budget phase; after the final allocation (at step 13)
+        resumed = run(tmp_path / f"from{step}", tmp_path / "straight" / "ckpt" / f"step={step}.ckpt")
+        for (name, a), b in zip(straight.trainable_state_dict().items(), resumed.trainable_state_dict().values()):
+            assert torch.equal(a, b), f"resumed from step {step}: {name} differs"

@@ -242,13 +242,11 @@ class PeftModule(L.LightningModule):
         if self.feature_cache is not None:
             self.backbone.eval()  # cached features must not depend on dropout draws
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # After an optimiser step, with its gradients still there (Lightning zeroes them at the start
-        # of the next step): AdaLoRA scores and re-allocates ranks. Once per optimiser step, also when
-        # gradients accumulate over several batches.
-        if self.global_step != getattr(self, "_method_step", None):
-            self._method_step = self.global_step
-            self.method.after_optimizer_step(self.backbone, self.global_step)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after the step, gradients still there (Lightning zeroes them at the start of the next
+        # step) and before any callback checkpoints it: AdaLoRA scores and re-allocates ranks.
+        self.method.after_optimizer_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.backbone, max(1, int(self.trainer.estimated_stepping_batches)))
@@ -282,6 +280,9 @@ class PeftModule(L.LightningModule):
         # (torch and Python only: numpy's state would not pass torch.load's weights-only mode)
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        method_state = self.method.training_state()
+        if method_state:  # e.g. AdaLoRA's importance scores and rank pattern
+            checkpoint["method_state"] = method_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"the checkpoint {checkpoint[LOADED_FROM_KEY]}" if LOADED_FROM_KEY in checkpoint else "the checkpoint"
@@ -314,3 +315,5 @@ class PeftModule(L.LightningModule):
                     torch.cuda.set_rng_state_all(states["cuda"])
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise CheckpointFileError(f"{source}: its random states are damaged ({e})") from None
+        if "method_state" in checkpoint:
+            self.method.load_training_state(checkpoint["method_state"])

@@ -74,6 +74,14 @@ class Method:
     def after_optimizer_step(self, backbone: Backbone, step: int) -> None:
         """Called after each optimiser step, before gradients are zeroed (AdaLoRA's rank allocation)."""
 
+    def training_state(self) -> dict[str, Any]:
+        """State the method keeps outside the parameters while training (checkpointed so
+        that a resumed run continues exactly; tensors and plain data only)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned."""
+
     def options(self) -> dict[str, Any]:
         """The ``__init__`` arguments, read back from attributes of the same name."""
         params = inspect.signature(type(self).__init__).parameters

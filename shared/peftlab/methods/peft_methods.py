@@ -269,6 +269,19 @@ class AdaLoRA(_PeftMethod):
         elif config.rank_pattern:
             self.allocator.mask_using_rank_pattern(backbone, config.rank_pattern)
 
+    def training_state(self) -> dict[str, Any]:
+        if self.allocator is None:
+            return {}
+        a = self.allocator
+        clone = lambda d: {k: v.detach().clone() for k, v in d.items()}  # noqa: E731
+        return {"ipt": clone(a.ipt), "exp_avg_ipt": clone(a.exp_avg_ipt), "exp_avg_unc": clone(a.exp_avg_unc),
+                "rank_pattern": dict(self.config.rank_pattern or {})}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        a = self.allocator
+        a.ipt, a.exp_avg_ipt, a.exp_avg_unc = dict(state["ipt"]), dict(state["exp_avg_ipt"]), dict(state["exp_avg_unc"])
+        self.config.rank_pattern = dict(state["rank_pattern"])
+
     def ranks(self, backbone: Backbone) -> dict[str, int]:
         """The rank each adapted layer has now (non-zero singular values)."""
         return {n.removesuffix(".lora_E.default"): int((p != 0).sum())

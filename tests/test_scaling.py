@@ -462,3 +462,25 @@ def test_qlora_benchmark_says_clearly_that_it_needs_cuda():
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "needs a CUDA GPU and bitsandbytes" in proc.stderr
+
+
+def test_a_qlora_adapter_loads_onto_the_full_precision_backbone_when_asked(tmp_path):
+    """A QLoRA adapter holds plain LoRA tensors: as recorded it needs the 4-bit backbone
+    again; with quantize overridden it loads on the full-precision one, here on the CPU."""
+    import json
+
+    from peftlab.checkpoint import save_adapter
+
+    module = PeftModule(ToyTransformer(depth=1), build_method("lora", r=2), task_type="regression", num_outputs=1)
+    save_adapter(module, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["method"]["init_args"]["quantize"] = "nf4"  # as QLoRA training records it
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    if not (HAS_CUDA and HAS_BNB):
+        with pytest.raises(QuantizationUnavailableError, match="needs bitsandbytes and a CUDA GPU"):
+            load_adapter(tmp_path)
+    plain = load_adapter(tmp_path, method_options={"quantize": None}).eval()
+    assert plain.method.quantize is None
+    batch = {"tokens": torch.tensor([[3, 4, 5, 0], [6, 7, 8, 9]])}
+    with torch.no_grad():
+        torch.testing.assert_close(plain(batch), module.eval()(batch), rtol=0, atol=0)

@@ -345,16 +345,22 @@ def build_method_from_spec(spec: dict[str, Any], source: Path | None = None) -> 
     return _import(spec["class_path"], Method, source or Path(CONFIG_FILE))(**spec["init_args"])
 
 
-def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None, force: bool = False) -> PeftModule:
+def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None, force: bool = False,
+                 method_options: dict[str, Any] | None = None) -> PeftModule:
     """Rebuild the trained model: the backbone (given, or built again from its
     recorded spec), the method applied to it, the head, and the trained tensors.
 
     Refuses a backbone whose identity differs from the one the adapter was
     trained on, unless ``force``. A missing, truncated or altered file gives an
-    :class:`AdapterFileError` naming it.
+    :class:`AdapterFileError` naming it. ``method_options`` override recorded
+    options that do not change the trained tensors, e.g. ``{"quantize": None}``
+    to put a QLoRA adapter on the full-precision backbone (on a CPU), or
+    ``{"dropout": 0.0}``.
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
+    if method_options:
+        meta["method"]["init_args"] = {**meta["method"]["init_args"], **method_options}
     config_path = directory / CONFIG_FILE
     if backbone is None:
         backbone_class = _import(meta["backbone"]["class_path"], Backbone, config_path)

@@ -84,9 +84,22 @@ def main(args: list[str] | None = None) -> int | None:
         from peftlab.multi_adapter import main as predict_adapters_main
 
         return predict_adapters_main(argv[1:])
-    PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
-                      save_config_kwargs={"overwrite": True}, args=args)
+    try:
+        PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
+                   save_config_kwargs={"overwrite": True}, args=args)
+    finally:
+        _leave_process_group()
     return None
+
+
+def _leave_process_group() -> None:
+    """Close the process group a multi-process run opened (Lightning leaves it open).
+    A gloo group still alive when the interpreter exits can abort a process at exit
+    ("terminate called without an active exception", seen under torchrun on a busy CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> dict[str, Any]:

@@ -480,7 +480,13 @@ def test_an_altered_adapter_gives_an_error_naming_the_file(trained, tmp_path, ta
 
 def test_the_code_never_unpickles_unsafely():
     """Audit of shared/ and domains/: every torch.load is weights-only, every
-    np.load refuses pickles, and nothing calls pickle / dill / joblib loaders."""
+    np.load refuses pickles, nothing calls pickle / dill / joblib loaders, and no
+    download reaches an unsafe loader: torch.hub.load_state_dict_from_url and
+    torchaudio bundles' get_model are told weights_only, transformers'
+    from_pretrained too, and fair-esm's own file-reading loaders (whose hub path
+    unpickles with weights_only=False) are never called."""
+    unsafe_esm = ("load_model_and_alphabet", "load_model_and_alphabet_hub", "load_model_and_alphabet_local",
+                  "load_hub_workaround", "load_regression_hub", "_download_model_and_regression_data")
     problems = []
     for path in [*(ROOT / "shared").rglob("*.py"), *(ROOT / "domains").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -497,6 +503,15 @@ def test_the_code_never_unpickles_unsafely():
                 problems.append(f"{where}: {name}")
             if kwargs.get("weights_only") == "False" or kwargs.get("allow_pickle") == "True":
                 problems.append(f"{where}: unsafe loading flag")
+            if name.endswith("load_state_dict_from_url") and kwargs.get("weights_only") != "True":
+                problems.append(f"{where}: {name} without weights_only=True")
+            if name.endswith(".get_model") and "'weights_only': True" not in kwargs.get("dl_kwargs", ""):
+                problems.append(f"{where}: {name} without dl_kwargs weights_only=True")
+            if name.split(".")[-1] in unsafe_esm:
+                problems.append(f"{where}: {name} (fair-esm reads the file itself)")
+            if name.endswith("from_pretrained") and "model" in name.lower() and "config" in kwargs \
+                    and kwargs.get("weights_only") != "True":
+                problems.append(f"{where}: {name} without weights_only=True")
     assert problems == []
 
 

@@ -6,17 +6,15 @@ the uninterrupted run ends."""
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from peftlab.cli import main
 from peftlab.data import ResumableDataLoader
 from peftlab_medical.synthetic import SyntheticLesionDataModule
+
+from tests.resume_checks import check_resume_is_exact, one_thread, run_keeping_every_step  # noqa: F401 (autouse)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -30,15 +28,6 @@ RUN = ["--config", str(CONFIGS / "medical/vit_tiny.yaml"), "--config", str(CONFI
        "--trainer.accelerator=cpu", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
        "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1", "--seed_everything=0"]
 STEPS_PER_EPOCH = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread for every run compared here (as tests/test_reliability.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def lesions(**kw) -> SyntheticLesionDataModule:
@@ -97,38 +86,12 @@ def test_the_image_training_loader_resumes_mid_epoch():
     assert_same_batches(first + list(resumed), whole)
 
 
-def every_step_config(path: Path, dirpath: Path) -> Path:
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(dirpath), "every_n_train_steps": 1, "save_top_k": -1,
-                                "filename": "{step}"}}]
-    path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
-    return path
-
-
-def adapter_of(root: Path) -> dict[str, torch.Tensor]:
-    return load_file(root / "lightning_logs" / "version_0" / "adapter" / "adapter.safetensors")
-
-
 @pytest.fixture(scope="module")
 def every_step(tmp_path_factory) -> Path:
     """An uninterrupted two-epoch run that keeps a checkpoint of every step."""
-    root = tmp_path_factory.mktemp("every_step")
-    main(["fit", *RUN, "--config", str(every_step_config(root / "c.yaml", root / "ckpt")),
-          f"--trainer.default_root_dir={root}"])
-    return root
+    return run_keeping_every_step(tmp_path_factory.mktemp("every_step"), RUN)
 
 
 @pytest.mark.parametrize("resume_step", [3, 11])  # mid-epoch 0, mid-epoch 1
 def test_image_resume_with_augmentation_from_a_mid_epoch_checkpoint_is_exact(every_step, tmp_path, resume_step):
-    ckpt = every_step / "ckpt" / f"step={resume_step}.ckpt"
-    position = torch.load(ckpt, weights_only=True)["SyntheticLesionDataModule"]["train_position"]
-    assert position == {"epoch": (resume_step - 1) // STEPS_PER_EPOCH,
-                        "batches_done": (resume_step - 1) % STEPS_PER_EPOCH + 1}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        main(["fit", *RUN, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={ckpt}"])
-    assert not [w for w in caught if "not resumable" in str(w.message)]
-    a, b = adapter_of(tmp_path), adapter_of(every_step)
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} tensor(s) differ, e.g. {differ[:2]}"
+    check_resume_is_exact(every_step, tmp_path, RUN, resume_step, "SyntheticLesionDataModule", STEPS_PER_EPOCH)

@@ -15,10 +15,10 @@ from transformers import BertConfig, Wav2Vec2FeatureExtractor
 from peftlab import METHODS, PeftModule, build_method
 from peftlab_speech import HFSpeechEncoder
 
-from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, _train_steps, adapter_family_count,
-                                  check_empty_prefix_matches_library, check_method_guarantees, target_shape_count)
+from tests.method_checks import _train_steps, check_empty_prefix_matches_library, check_method_guarantees
+# the same encoder sizes as torchaudio's matrix: width, MLP, heads, blocks, conv channels, pos-conv kernel
+from tests.speech.test_methods import C, D, F, H, K, L, OPTIONS, add_catalogue_counts
 
-D, F, H, L, C, K = 64, 128, 4, 2, 32, 128  # width, MLP, heads, blocks, conv channels, pos-conv kernel
 G, BUCKETS = 16, 320  # pos-conv groups, WavLM's relative-position buckets (config defaults)
 TINY = dict(num_layers=L, hidden_size=D, num_heads=H, intermediate_size=F, conv_dim=C)
 STYLES = [(f, s) for f in ("wav2vec2", "hubert", "wavlm") for s in (False, True)]
@@ -179,20 +179,7 @@ EXPECTED = {
     },
 }
 
-# the methods added with the full catalogue: counts from the shapes they adapt (tests/method_checks.py)
-NEW_TARGETS = {"wav2vec2": [(D, D)] * 4, "wavlm": [(D, F), (F, D)]}  # default targets: attention; WavLM's MLP
-for _f, _table in EXPECTED.items():
-    _table.update({m: L * target_shape_count(m, SMALL_OPTIONS[m], NEW_TARGETS[_f]) for m in TARGET_SHAPE_METHODS})
-    _table.update({m: adapter_family_count(m, SMALL_OPTIONS[m], D, L) for m in ("compacter", "loreft", "prefix")})
-    _table["ln_tuning"] = L * 2 * 2 * D + 2 * D + 2 * C  # the blocks' two norms, the encoder's, the projection's
-    _table["partial"] = (_table["full"] - OUTSIDE["full"] - (BUCKETS * H if _f == "wavlm" else 0)) // L  # the top block
-    _table["combined"] = L * target_shape_count("lora", {"r": 2}, NEW_TARGETS[_f]) + _table["bitfit"]
-del EXPECTED["wavlm"]["prefix"]  # refused, see below
-
-OPTIONS = {"wav2vec2": {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
-                        "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS},
-           "wavlm": {"lora": {"r": 4}, "adapter": {"bottleneck": 8, "placement": "pfeiffer"},
-                     "adaptformer": {"bottleneck": 8}, "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS}}
+add_catalogue_counts(EXPECTED, OUTSIDE["full"], BUCKETS * H)  # the same sizes as torchaudio's matrix
 CASES = [(f, m) for f in EXPECTED for m in sorted(EXPECTED[f])]
 
 

@@ -63,15 +63,26 @@ EXPECTED = {
     },
 }
 
-# the methods added with the full catalogue: counts from the shapes they adapt (tests/method_checks.py)
+# the methods added with the full catalogue: counts from the shapes they adapt (tests/method_checks.py);
+# shared with tests/speech/test_hf_encoders.py, whose encoders have the same sizes
 NEW_TARGETS = {"wav2vec2": [(D, D)] * 4, "wavlm": [(D, F), (F, D)]}  # default targets: attention; WavLM's MLP
-for _f, _table in EXPECTED.items():
-    _table.update({m: L * target_shape_count(m, SMALL_OPTIONS[m], NEW_TARGETS[_f]) for m in TARGET_SHAPE_METHODS})
-    _table.update({m: adapter_family_count(m, SMALL_OPTIONS[m], D, L) for m in ("compacter", "loreft", "prefix")})
-    _table["ln_tuning"] = L * 2 * 2 * D + 2 * D + 2 * C  # the blocks' two norms, the encoder's, the projection's
-    _table["partial"] = (_table["full"] - COMMON["full"] - (320 * H if _f == "wavlm" else 0)) // L  # the top block
-    _table["combined"] = L * target_shape_count("lora", {"r": 2}, NEW_TARGETS[_f]) + _table["bitfit"]
-del EXPECTED["wavlm"]["prefix"]  # refused, see below
+
+
+def add_catalogue_counts(expected: dict[str, dict[str, int]], outside_full: int, position_table: int) -> None:
+    """Add the catalogue's methods to a speech matrix, given the parameters outside the blocks
+    (full fine-tuning) and WavLM's relative-position table (only in its first block)."""
+    for family, table in expected.items():
+        targets = NEW_TARGETS[family]
+        table.update({m: L * target_shape_count(m, SMALL_OPTIONS[m], targets) for m in TARGET_SHAPE_METHODS})
+        table.update({m: adapter_family_count(m, SMALL_OPTIONS[m], D, L) for m in ("compacter", "loreft", "prefix")})
+        table["ln_tuning"] = L * 2 * 2 * D + 2 * D + 2 * C  # the blocks' two norms, the encoder's, the projection's
+        first_block_extra = position_table if family == "wavlm" else 0
+        table["partial"] = (table["full"] - outside_full - first_block_extra) // L  # the top block
+        table["combined"] = L * target_shape_count("lora", {"r": 2}, targets) + table["bitfit"]
+    del expected["wavlm"]["prefix"]  # refused, see test_prefix_tuning_refuses_wavlm_saying_why
+
+
+add_catalogue_counts(EXPECTED, COMMON["full"], 320 * H)
 
 OPTIONS = {"wav2vec2": {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
                         "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS},

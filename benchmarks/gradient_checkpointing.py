@@ -37,53 +37,29 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
-ESM_NAME = "esm2_t12_35M_UR50D"
+from _shared import ESM_NAME, cpu_model, random_batches, reference_backbone
+from _shared import run_child as run_child_process
+
 METHODS = ("full", "lora")
 RESULT_PREFIX = "GRADIENT_CHECKPOINTING_RESULT "
 SEED, DATA_SEED = 0, 1234
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
 # ---- child: one setting -----------------------------------------------------------------------------
 
 def _backbone(args, checkpointing: bool):
-    if args.domain == "medical":
-        from peftlab_medical import TimmBackbone
-        return TimmBackbone("vit_small_patch16_224", seed=SEED, gradient_checkpointing=checkpointing)
-    if args.domain == "speech":
-        from peftlab_speech import TorchaudioEncoder
-        return TorchaudioEncoder("wav2vec2_base", seed=SEED, gradient_checkpointing=checkpointing)
-    from peftlab_protein import ESM2Backbone
-    return ESM2Backbone(ESM_NAME, num_layers=args.layers, embed_dim=args.dim, attention_heads=args.heads,
-                        seed=SEED, gradient_checkpointing=checkpointing)
+    return reference_backbone(args.domain, SEED, args.layers, args.dim, args.heads,
+                              gradient_checkpointing=checkpointing)
 
 
 def _batches(backbone, args, n: int) -> list[dict]:
-    import torch
-    g = torch.Generator().manual_seed(DATA_SEED)
-    out = []
-    for k in range(n):
-        if args.domain == "medical":
-            inputs = {"images": torch.randn(args.batch, 3, 224, 224, generator=g)}
-        elif args.domain == "speech":
-            samples = int(16000 * args.seconds)
-            inputs = {"waveforms": torch.randn(args.batch, samples, generator=g),
-                      "lengths": torch.full((args.batch,), samples)}
-        else:
-            alphabet = backbone.alphabet
-            residues = torch.tensor([alphabet.get_idx(a) for a in AMINO_ACIDS])
-            body = residues[torch.randint(len(residues), (args.batch, args.length - 2), generator=g)]
-            inputs = {"tokens": torch.cat([torch.full((args.batch, 1), alphabet.cls_idx), body,
-                                           torch.full((args.batch, 1), alphabet.eos_idx)], dim=1)}
-        out.append({**inputs, "labels": torch.randn(args.batch, generator=g),
-                    "ids": [f"x{k}_{i}" for i in range(args.batch)]})
-    return out
+    # protein: --length counts BOS and EOS
+    return random_batches(backbone, args.domain, n, args.batch, DATA_SEED, residues=args.length - 2,
+                          samples=int(16000 * args.seconds))
 
 
 def _rss_mb(field: str) -> float:
@@ -158,17 +134,6 @@ def run_one(method: str, checkpointing: bool, args) -> dict:
 
 # ---- parent: a subprocess per setting, then the table ---------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run_child(method: str, checkpointing: bool, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--one", f"{method}:{int(checkpointing)}"]
     for flag in ("domain", "batch", "length", "seconds", "steps", "warmup", "layers", "dim", "heads", "threads"):
@@ -176,12 +141,7 @@ def run_child(method: str, checkpointing: bool, args) -> dict:
             cmd += [f"--{flag}", str(getattr(args, flag))]
     if args.cpu:
         cmd.append("--cpu")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-    raise RuntimeError(f"the {method} run (checkpointing {checkpointing}) failed (exit code {proc.returncode})")
+    return run_child_process(cmd, RESULT_PREFIX, f"{method} (checkpointing {checkpointing})")
 
 
 def main(argv: list[str] | None = None) -> None:

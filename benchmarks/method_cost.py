@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
-ESM_NAME = "esm2_t12_35M_UR50D"
+from _shared import ESM_NAME, cpu_model, random_batches, reference_backbone
+from _shared import run_child as run_child_process
+
 PEFT_METHODS = ("full", "lora", "adapter", "linear_probe")
 PLAIN = "lora_plain"  # LoRA in a hand-written PyTorch + peft loop
 ALL_METHODS = ("full", "lora", PLAIN, "adapter", "linear_probe")
@@ -39,7 +39,6 @@ LABELS = {PLAIN: "lora (plain PyTorch + peft)"}
 RESULT_PREFIX = "METHOD_COST_RESULT "
 SEED = 0
 DATA_SEED = 1234
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
 # ---- child: one configuration ---------------------------------------------------------------
@@ -54,43 +53,14 @@ def _method(name: str):
 
 
 def _backbone(args):
-    if args.domain == "medical":
-        from peftlab_medical import TimmBackbone
-        return TimmBackbone("vit_small_patch16_224", seed=SEED)
-    if args.domain == "speech":
-        from peftlab_speech import TorchaudioEncoder
-        return TorchaudioEncoder("wav2vec2_base", seed=SEED)
-    from peftlab_protein.backbones import ESM2Backbone
-    return ESM2Backbone(name=ESM_NAME, pretrained=False, num_layers=args.layers, embed_dim=args.dim,
-                        attention_heads=args.heads, seed=SEED)
+    return reference_backbone(args.domain, SEED, args.layers, args.dim, args.heads)
 
 
 def _batches(backbone, args) -> list[dict]:
     """``warmup + steps`` fixed random batches: ESM tokens (BOS, ``length`` residues,
     EOS), 224 px RGB images, or 1 s waveforms."""
-    import torch
-    g = torch.Generator().manual_seed(DATA_SEED)
-    if args.domain in ("medical", "speech"):
-        out = []
-        for k in range(args.warmup + args.steps):
-            if args.domain == "medical":
-                inputs = {"images": torch.randn(args.batch, 3, 224, 224, generator=g)}
-            else:
-                inputs = {"waveforms": torch.randn(args.batch, 16000, generator=g),
-                          "lengths": torch.full((args.batch,), 16000)}
-            out.append({**inputs, "labels": torch.randn(args.batch, generator=g),
-                        "ids": [f"x{k}_{i}" for i in range(args.batch)]})
-        return out
-    alphabet = backbone.alphabet
-    residues = torch.tensor([alphabet.get_idx(a) for a in AMINO_ACIDS])
-    out = []
-    for k in range(args.warmup + args.steps):
-        body = residues[torch.randint(len(residues), (args.batch, args.length), generator=g)]
-        tokens = torch.cat([torch.full((args.batch, 1), alphabet.cls_idx), body,
-                            torch.full((args.batch, 1), alphabet.eos_idx)], dim=1)
-        out.append({"tokens": tokens, "labels": torch.randn(args.batch, generator=g),
-                    "ids": [f"seq{k}_{i}" for i in range(args.batch)]})
-    return out
+    return random_batches(backbone, args.domain, args.warmup + args.steps, args.batch, DATA_SEED,
+                          residues=args.length)
 
 
 def _reset_peak_rss() -> None:
@@ -239,17 +209,6 @@ def run_one(method: str, args) -> None:
 
 # ---- parent: one subprocess per configuration, then the table ---------------------------------------
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def child_command(method: str, args) -> list[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--one", method, "--domain", args.domain, "--batch", str(args.batch),
            "--length", str(args.length), "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -260,12 +219,7 @@ def child_command(method: str, args) -> list[str]:
 
 
 def run_child(method: str, args) -> dict:
-    proc = subprocess.run(child_command(method, args), capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-    raise RuntimeError(f"the {method} run failed (exit code {proc.returncode})")
+    return run_child_process(child_command(method, args), RESULT_PREFIX, method)
 
 
 def main(argv: list[str] | None = None) -> None:

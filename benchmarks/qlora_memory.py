@@ -20,10 +20,11 @@ exits with status 2. This is a benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
+
+from _shared import random_batches, reference_backbone
 
 CONFIGS = {
     "lora_fp32": "LoRA, float32 frozen backbone",
@@ -31,17 +32,17 @@ CONFIGS = {
     "qlora_nf4": "QLoRA, NF4 frozen backbone (double quant)",
 }
 RESULT_PREFIX = "QLORA_MEMORY_RESULT "
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def unavailable() -> str | None:
-    import torch
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is visible")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("bitsandbytes is not installed (pip install bitsandbytes)")
-    return "; ".join(missing) or None
+    """What is missing for 4-bit quantisation here (as the ``quantize`` option reports it), or None."""
+    from peftlab.quantize import QuantizationUnavailableError, require_bitsandbytes
+
+    try:
+        require_bitsandbytes()
+    except QuantizationUnavailableError as e:
+        return str(e)
+    return None
 
 
 def run_one(name: str, args) -> dict:
@@ -54,37 +55,19 @@ def run_one(name: str, args) -> dict:
 
     from peftlab.methods import build_method, count_parameters
     from peftlab.module import PeftModule
-    from peftlab.quantize import quantize_backbone
-    from peftlab_protein.backbones import ESM2Backbone
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.manual_seed(0)
-    backbone = ESM2Backbone(name=args.name, pretrained=False, num_layers=args.layers, embed_dim=args.dim,
-                            attention_heads=args.heads, seed=0)
-    method = build_method("lora", r=args.r, alpha=2 * args.r, targets="attention")
-    if name == "qlora_nf4":  # what the method's quantize option does: quantise, then inject LoRA
-        apply = method.apply
-
-        def quantized_apply(b):
-            quantize_backbone(b, "nf4", compute_dtype=torch.bfloat16)
-            apply(b)
-        method.apply = quantized_apply
+    backbone = reference_backbone("protein", 0, args.layers, args.dim, args.heads, esm_name=args.name)
+    method = build_method("lora", r=args.r, alpha=2 * args.r, targets="attention",
+                          quantize="nf4" if name == "qlora_nf4" else None)
     module = PeftModule(backbone, method, task_type="regression", num_outputs=1)
     if name == "lora_bf16":
         for p in module.backbone.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     trainable = count_parameters(module, trainable_only=True)
-    alphabet = backbone.alphabet
-    residues = torch.tensor([alphabet.get_idx(a) for a in AMINO_ACIDS])
-    g = torch.Generator().manual_seed(1234)
-    batches = []
-    for k in range(args.warmup + args.steps):
-        body = residues[torch.randint(len(residues), (args.batch, args.length), generator=g)]
-        tokens = torch.cat([torch.full((args.batch, 1), alphabet.cls_idx), body,
-                            torch.full((args.batch, 1), alphabet.eos_idx)], dim=1)
-        batches.append({"tokens": tokens, "labels": torch.randn(args.batch, generator=g),
-                        "ids": [f"seq{k}_{i}" for i in range(args.batch)]})
+    batches = random_batches(backbone, "protein", args.warmup + args.steps, args.batch, 1234, residues=args.length)
 
     class Probe(L.Callback):
         def on_fit_start(self, trainer, pl_module):  # the model is on the GPU, nothing trained yet
@@ -127,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     problem = unavailable()
     if problem:
-        print(f"benchmarks/qlora_memory.py needs a CUDA GPU and bitsandbytes: {problem}. "
-              "Nothing to measure on this machine.", file=sys.stderr)
+        print(f"benchmarks/qlora_memory.py needs a CUDA GPU and bitsandbytes; nothing to measure on this "
+              f"machine. {problem}", file=sys.stderr)
         return 2
     if args.one:
         print(RESULT_PREFIX + json.dumps(run_one(args.one, args)))

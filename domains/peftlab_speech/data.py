@@ -460,9 +460,6 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_rebuild_loader = rebuild_loader  # the earlier private name
-
-
 # ---------------------------------------------------------------------------------------
 # The shared DataModule
 # ---------------------------------------------------------------------------------------

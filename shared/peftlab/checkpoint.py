@@ -39,6 +39,7 @@ from peftlab.backbone import Backbone
 from peftlab.methods import METHODS, Method
 from peftlab.module import (FORMAT_VERSION, LOADED_FROM_KEY, CheckpointFileError, NonFiniteLossError, PeftModule,
                             check_identity)
+from peftlab.safe_load import first_line, unsafe_globals
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -124,24 +125,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     _remove_stale_temporaries(path)
 
 
-_atomic_write = atomic_write  # the earlier private name
-
-
 # ---- Lightning checkpoints (.ckpt) ----------------------------------------------------------
-
-def _unsafe_globals(source: Any) -> list[str]:
-    """The pickled classes/functions in a torch file that weights-only loading
-    would refuse (read from the pickle's opcodes; nothing is executed)."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(source))
-    except Exception:  # a file too damaged to list them
-        return []
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a Lightning checkpoint in torch's weights-only mode: tensors and
@@ -155,9 +139,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
             with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
                 checkpoint = torch.hub.load_state_dict_from_url(name, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise CheckpointFileError(f"{name}: refused: not plain tensors and data ({_first_line(e)})") from None
+            raise CheckpointFileError(f"{name}: refused: not plain tensors and data ({first_line(e)})") from None
         except Exception as e:
-            raise CheckpointFileError(f"{name}: could not load the checkpoint ({_first_line(e)})") from e
+            raise CheckpointFileError(f"{name}: could not load the checkpoint ({first_line(e)})") from e
         return _checked_checkpoint(checkpoint, name)
     fs = get_filesystem(name)
     if not fs.exists(name):
@@ -169,7 +153,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
             checkpoint = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         with fs.open(name, "rb") as f:
-            unsafe = _unsafe_globals(f)
+            unsafe = unsafe_globals(f)
         if unsafe:
             raise CheckpointFileError(
                 f"{name}: refused: the file holds pickled objects, not only tensors and plain data "
@@ -177,11 +161,11 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
                 f"checkpoints in torch's weights-only mode only. peftlab never writes such objects: this file "
                 f"was not written by peftlab, or it was altered") from None
         raise CheckpointFileError(f"{name}: not a readable checkpoint, truncated or corrupted "
-                                  f"({_first_line(e)})") from None
+                                  f"({first_line(e)})") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, IndexError, TypeError, AttributeError,
             zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise CheckpointFileError(f"{name}: not a readable checkpoint, truncated or corrupted "
-                                  f"({_first_line(e)})") from e
+                                  f"({first_line(e)})") from e
     return _checked_checkpoint(checkpoint, name)
 
 

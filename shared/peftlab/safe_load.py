@@ -21,7 +21,7 @@ import urllib.error
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import torch
@@ -56,11 +56,13 @@ def _refusal_in(error: BaseException) -> pickle.UnpicklingError | None:
     return None
 
 
-def _unsafe_globals(file: str | os.PathLike, allowed: Iterable[Any]) -> list[str]:
-    """The classes / functions the file's pickle names beyond torch's list and ``allowed``
-    (read from the pickle's opcodes; nothing is executed)."""
+def unsafe_globals(file: str | os.PathLike | BinaryIO, allowed: Iterable[Any] = ()) -> list[str]:
+    """The classes / functions a torch file's pickle names beyond torch's list and
+    ``allowed`` (read from the pickle's opcodes; nothing is executed). ``file``: a
+    path or an open binary file."""
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(file))
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(
+            os.fspath(file) if isinstance(file, (str, os.PathLike)) else file)
     except Exception:  # too damaged to list, or not a zip checkpoint
         return []
     ok = {_qualname(a) for a in allowed}
@@ -69,7 +71,7 @@ def _unsafe_globals(file: str | os.PathLike, allowed: Iterable[Any]) -> list[str
 
 def unsafe_weights_error(file: str | os.PathLike, refusal: BaseException, what: str,
                          allowed: Iterable[Any] = ()) -> UnsafeWeightsError:
-    names = _unsafe_globals(file, allowed) if Path(file).is_file() else []
+    names = unsafe_globals(file, allowed) if Path(file).is_file() else []
     if not names:
         names = sorted(set(re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(refusal))))
     detail = ", ".join(names[:5]) or str(refusal).strip().splitlines()[0]
@@ -96,7 +98,8 @@ def refusing_unsafe_pickles(file: str | os.PathLike, what: str = "weights file",
         raise unsafe_weights_error(file, refusal, what, allowed) from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for error messages that wrap another error."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -110,7 +113,7 @@ def load_weights_file(path: str | os.PathLike, what: str = "weights file", allow
     except pickle.UnpicklingError as e:
         raise unsafe_weights_error(path, e, what, allowed) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointFileError(f"{path}: not a readable {what}, truncated or corrupted ({_first_line(e)})") from e
+        raise CheckpointFileError(f"{path}: not a readable {what}, truncated or corrupted ({first_line(e)})") from e
 
 
 def load_hub_weights(url: str, what: str = "weights file", allowed: Iterable[Any] = ()) -> Any:
@@ -126,4 +129,4 @@ def load_hub_weights(url: str, what: str = "weights file", allowed: Iterable[Any
     except pickle.UnpicklingError as e:
         raise unsafe_weights_error(file, e, what, allowed) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointFileError(f"{file}: not a readable {what}, truncated or corrupted ({_first_line(e)})") from e
+        raise CheckpointFileError(f"{file}: not a readable {what}, truncated or corrupted ({first_line(e)})") from e

@@ -32,20 +32,20 @@ def reference_backbones() -> dict:
             "wav2vec2 base": lambda: TorchaudioEncoder(name="wav2vec2_base")}
 
 
-def method_configs() -> list[tuple[str, dict]]:
-    """(config file stem, its model section) for every configs/methods/*.yaml."""
-    return [(p.stem, yaml.safe_load(p.read_text())["model"]) for p in sorted((ROOT / "configs/methods").glob("*.yaml"))]
+def method_configs() -> list[tuple[Path, dict]]:
+    """(config file, its model section) for every configs/methods/*.yaml."""
+    return [(p, yaml.safe_load(p.read_text())["model"]) for p in sorted((ROOT / "configs/methods").glob("*.yaml"))]
 
 
-def build(model_section: dict):
-    import importlib
+def build(model_section: dict, source: Path):
+    from peftlab.checkpoint import import_class
+    from peftlab.methods import Method
 
     spec = model_section["method"]
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)(**spec.get("init_args", {}))
+    return import_class(spec["class_path"], Method, source)(**spec.get("init_args", {}))
 
 
-def count(backbone, model_section: dict, plain_total: int) -> str:
+def count(backbone, model_section: dict, source: Path, plain_total: int) -> str:
     """Trainable backbone parameters (share of the plain backbone's), or why the method refuses it."""
     from peftlab import PeftModule
     from peftlab.methods import count_parameters
@@ -53,7 +53,7 @@ def count(backbone, model_section: dict, plain_total: int) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = PeftModule(backbone, build(model_section), task_type="multiclass", num_outputs=2,
+            module = PeftModule(backbone, build(model_section, source), task_type="multiclass", num_outputs=2,
                                 layer_weighted_sum=model_section.get("layer_weighted_sum", False))
     except ValueError as e:
         return f"refused: {str(e).split(':')[0]}"
@@ -70,8 +70,8 @@ def table() -> str:
     totals = {name: count_parameters(b) for name, b in plain.items()}
     header = ["config", "method", "family", "what trains", "merges"] + [f"{n} ({totals[n] / 1e6:.1f}M)" for n in plain]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 5 + "---:|" * len(plain)]
-    for stem, section in method_configs():
-        method = build(section)
+    for path, section in method_configs():
+        method = build(section, path)
         cls = type(method)
         merges = "yes" if method.mergeable else ("n/a (adds nothing)" if not cls.adds_modules else "no")
         extra = " + weighted layer sum" if section.get("layer_weighted_sum") else ""
@@ -79,8 +79,8 @@ def table() -> str:
             extra += f" on a {method.quantize} backbone (CUDA)"
             section = copy.deepcopy(section)
             section["method"]["init_args"]["quantize"] = None
-        counts = [count(copy.deepcopy(b), section, totals[n]) for n, b in plain.items()]
-        rows.append(f"| `{stem}` | `{method.name}`{extra} | {cls.family} | {cls.trains} | {merges} | "
+        counts = [count(copy.deepcopy(b), section, path, totals[n]) for n, b in plain.items()]
+        rows.append(f"| `{path.stem}` | `{method.name}`{extra} | {cls.family} | {cls.trains} | {merges} | "
                     + " | ".join(counts) + " |")
     return "\n".join(rows) + "\n"
 

@@ -182,3 +182,21 @@ def test_clear_errors_for_names(adapters, tmp_path):
         MultiAdapterModel({"layers": adapters["alpha"]})
     with pytest.raises(ValueError, match="adapter name 'a.b'"):
         MultiAdapterModel({"a.b": adapters["alpha"]})
+
+
+def test_an_adapter_config_naming_a_function_is_refused_as_load_adapter_refuses_it(adapters, tmp_path):
+    import json
+    import shutil
+
+    from peftlab.checkpoint import AdapterFileError
+
+    directory = tmp_path / "tampered"
+    shutil.copytree(adapters["alpha"], directory)
+    config = directory / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    marker = tmp_path / "pwned"
+    meta["backbone"] = {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'os.system'.*not imported|is not a Backbone"):
+        MultiAdapterModel([directory])  # the backbone comes from the first adapter's recorded spec
+    assert not marker.exists()

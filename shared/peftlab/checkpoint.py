@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from peftlab.backbone import Backbone
 from peftlab.methods import METHODS, Method
 from peftlab.module import (FORMAT_VERSION, LOADED_FROM_KEY, CheckpointFileError, NonFiniteLossError, PeftModule,
-                            check_identity)
+                            check_identity, shape_mismatches)
 from peftlab.safe_load import first_line, unsafe_globals
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -53,7 +53,8 @@ CONFIG_FILE = "adapter_config.json"
 SAFE_CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
 
 __all__ = ["AdapterFileError", "AtomicCheckpointIO", "CheckpointFileError", "NonFiniteLossError", "atomic_write",
-           "load_adapter", "load_checkpoint_file", "merge_adapter", "read_adapter_config", "save_adapter",
+           "head_options", "import_class", "load_adapter", "load_checkpoint_file", "merge_adapter", "read_adapter_config",
+           "read_adapter_weights", "save_adapter",
            "use_atomic_checkpoint_io"]
 
 
@@ -300,7 +301,7 @@ def _trusted_module(module_name: str) -> bool:
     return top == "peftlab" or top.startswith("peftlab_")
 
 
-def _import(class_path: str, base: type, source: Path) -> type:
+def import_class(class_path: str, base: type, source: Path) -> type:
     """The class ``class_path`` names, which must subclass ``base``: an adapter
     config is data, so it may name a backbone or method class, never any other
     callable (``os.system`` ...)."""
@@ -326,7 +327,26 @@ def _import(class_path: str, base: type, source: Path) -> type:
 def build_method_from_spec(spec: dict[str, Any], source: Path | None = None) -> Method:
     if spec["name"] in METHODS:
         return METHODS[spec["name"]](**spec["init_args"])
-    return _import(spec["class_path"], Method, source or Path(CONFIG_FILE))(**spec["init_args"])
+    return import_class(spec["class_path"], Method, source or Path(CONFIG_FILE))(**spec["init_args"])
+
+
+def head_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """PeftModule's keyword arguments for the head (and labels) an adapter config records."""
+    head = meta["head"]
+    return dict(task_type=head["task_type"], num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
+                pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
+                layer_weighted_sum=head.get("layer_weighted_sum", False))
+
+
+def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trained tensors of an adapter directory (``adapter.safetensors``)."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterFileError(f"{path}: file not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None, force: bool = False,
@@ -347,37 +367,26 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
         meta["method"]["init_args"] = {**meta["method"]["init_args"], **method_options}
     config_path = directory / CONFIG_FILE
     if backbone is None:
-        backbone_class = _import(meta["backbone"]["class_path"], Backbone, config_path)
+        backbone_class = import_class(meta["backbone"]["class_path"], Backbone, config_path)
         try:
             backbone = backbone_class(**meta["backbone"]["init_args"])
         except TypeError as e:
             raise AdapterFileError(f"{config_path}: backbone init_args do not fit {backbone_class.__name__} ({e})") from e
     check_identity(meta["backbone_identity"], backbone.identity(), f"the adapter in {directory}", force=force)
-    head = meta["head"]
     try:
-        method = build_method_from_spec(meta["method"], config_path)
-        module = PeftModule(backbone, method, task_type=head["task_type"], num_outputs=head["num_outputs"],
-                            label_names=meta.get("label_names"), pooling=head["pooling"],
-                            head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
-                            layer_weighted_sum=head.get("layer_weighted_sum", False))
+        module = PeftModule(backbone, build_method_from_spec(meta["method"], config_path), **head_options(meta))
     except AdapterFileError:
         raise
     except (TypeError, ValueError, KeyError) as e:
         raise AdapterFileError(f"{config_path}: the method or head it describes cannot be built ({e})") from e
     weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterFileError(f"{weights_path}: file not found")
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise AdapterFileError(f"{weights_path}: not a readable safetensors file ({e})") from e
+    tensors = read_adapter_weights(directory)
     expected = module.trainable_state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise AdapterFileError(f"{weights_path}: does not match method {meta['method']['name']}: "
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}"
-             for k, v in expected.items() if tensors[k].shape != v.shape]
+    wrong = shape_mismatches(expected, tensors)
     if wrong:
         raise AdapterFileError(f"{weights_path}: tensor shapes do not match method {meta['method']['name']} "
                                f"{meta['method']['init_args']}: {'; '.join(wrong[:3])}")

@@ -64,6 +64,13 @@ def check_finite_loss(module: L.LightningModule, loss: Tensor, batch: dict[str, 
         f"(peftlab never writes non-finite weights). {cause}")
 
 
+def shape_mismatches(expected: dict[str, Tensor], given: dict[str, Tensor]) -> list[str]:
+    """``"name (given shape) != (expected shape)"`` for every tensor of ``expected`` that
+    ``given`` holds with another shape (checkpoint and adapter loading)."""
+    return [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}"
+            for k, v in expected.items() if k in given and given[k].shape != v.shape]
+
+
 def check_identity(expected: dict[str, Any], actual: dict[str, Any], source: str, force: bool = False) -> None:
     """Refuse to put trained state onto a different backbone, unless forced."""
     diffs = [f"{k}: trained on {expected.get(k)!r}, given {actual.get(k)!r}"
@@ -302,8 +309,7 @@ class PeftModule(L.LightningModule):
         missing = sorted(set(expected) - set(checkpoint["state_dict"]))
         if missing:
             raise CheckpointFileError(f"{source} lacks {len(missing)} trained tensor(s), e.g. {missing[:3]}")
-        wrong = [f"{k} {tuple(checkpoint['state_dict'][k].shape)} != {tuple(v.shape)}"
-                 for k, v in expected.items() if checkpoint["state_dict"][k].shape != v.shape]
+        wrong = shape_mismatches(expected, checkpoint["state_dict"])
         if wrong:
             raise CheckpointFileError(f"{source}: tensor shapes do not fit this model: {'; '.join(wrong[:3])}")
         if "rng_states" in checkpoint:

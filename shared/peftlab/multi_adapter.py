@@ -59,14 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
-from peftlab.checkpoint import (WEIGHTS_FILE, AdapterFileError, build_method_from_spec, load_adapter,
-                                read_adapter_config)
-from peftlab.module import BackboneMismatchError, PeftModule, check_identity
+from peftlab.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, build_method_from_spec, head_options,
+                                import_class, load_adapter, read_adapter_config, read_adapter_weights)
+from peftlab.module import BackboneMismatchError, PeftModule, check_identity, shape_mismatches
 
 PathLike = str | os.PathLike
 #: method name -> the peft layer family whose adapters can sit side by side in one backbone
@@ -90,14 +88,19 @@ class AdapterView(PeftModule):
         return super().forward(batch)
 
 
-def _import(class_path: str) -> type:
-    module_name, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), name)
-
-
-def build_backbone(spec: Mapping[str, Any]) -> Backbone:
-    """A backbone from ``{"class_path", "init_args"}`` (an adapter's recorded spec or a YAML's)."""
-    return _import(spec["class_path"])(**dict(spec.get("init_args") or {}))
+def build_backbone(spec: Mapping[str, Any], source: Path, trusted: bool = False) -> Backbone:
+    """A backbone from ``{"class_path", "init_args"}``: an adapter's recorded spec
+    (data: only peftlab's or already imported Backbone classes, as
+    :func:`peftlab.checkpoint.load_adapter` allows), or a YAML the user gave
+    (``trusted``: any importable Backbone class, as the CLI's configs)."""
+    if trusted:
+        module_name, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+            raise ValueError(f"{source}: {spec['class_path']!r} is not a Backbone class")
+    else:
+        cls = import_class(spec["class_path"], Backbone, source)
+    return cls(**dict(spec.get("init_args") or {}))
 
 
 def default_adapter_name(directory: PathLike) -> str:
@@ -129,28 +132,11 @@ def name_adapters(adapters: Sequence[PathLike] | Mapping[str, PathLike]) -> dict
     return named
 
 
-def _read_weights(directory: Path) -> dict[str, Tensor]:
-    path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise AdapterFileError(f"{path}: file not found")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from e
-
-
 def _rename(key: str, name: str) -> str:
     """``backbone.x.lora_A.default.weight`` -> ``backbone.x.lora_A.<name>.weight`` (backbone keys only)."""
     if not key.startswith("backbone."):
         return key
     return ".".join(name if part == PEFT_DEFAULT_NAME else part for part in key.split("."))
-
-
-def _head_options(meta: dict[str, Any]) -> dict[str, Any]:
-    head = meta["head"]
-    return dict(task_type=head["task_type"], num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
-                pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
-                layer_weighted_sum=head.get("layer_weighted_sum", False))
 
 
 class MultiAdapterModel(nn.Module):
@@ -178,7 +164,7 @@ class MultiAdapterModel(nn.Module):
         metas = {name: read_adapter_config(d) for name, d in named.items()}
         first = next(iter(named))
         if backbone is None:
-            backbone = build_backbone(metas[first]["backbone"])
+            backbone = build_backbone(metas[first]["backbone"], named[first] / CONFIG_FILE)
             source = f"the backbone built from adapter {first!r}'s recorded spec"
         else:
             source = "the backbone given"
@@ -239,21 +225,20 @@ class MultiAdapterModel(nn.Module):
 
         method._inject = inject_named  # PeftModule.__init__ applies the method: it injects as `name`
         try:
-            view = AdapterView(backbone, method, **_head_options(meta))
+            view = AdapterView(backbone, method, **head_options(meta))
         finally:
             del method._inject
         view.adapter_name = name
         view.backbone_identity = identity  # what the adapter was trained on (not the multi-adapter backbone's)
         view.backbone_spec = meta["backbone"]
 
-        tensors = {_rename(k, name): v for k, v in _read_weights(directory).items()}
+        tensors = {_rename(k, name): v for k, v in read_adapter_weights(directory).items()}
         state = view.state_dict()
         own = {f"backbone.{n}" for n, _ in backbone.named_parameters() if name in n.split(".")}
         head = {k for k in state if k.startswith("head.")}
         missing = sorted((own | head) - set(tensors))
         unexpected = sorted(set(tensors) - (own | head))
-        wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(state[k].shape)}"
-                 for k in set(tensors) & set(state) if tensors[k].shape != state[k].shape]
+        wrong = shape_mismatches(state, tensors)
         if missing or unexpected or wrong:
             raise AdapterFileError(f"{directory / WEIGHTS_FILE}: does not match method {meta['method']['name']} "
                                    f"{meta['method']['init_args']}: missing {missing[:3]}, unexpected "
@@ -391,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     or _yaml_section(ns.backbone_config, ["backbone"]) or _yaml_section(ns.backbone_config, []))
             if not isinstance(spec, dict) or "class_path" not in spec:
                 raise ValueError(f"{ns.backbone_config}: no backbone (model: backbone: class_path / init_args)")
-            backbone = build_backbone(spec)
+            backbone = build_backbone(spec, Path(ns.backbone_config), trusted=True)
         model = MultiAdapterModel(_parse_adapters(ns.adapters), backbone=backbone, force=ns.force)
     except (BackboneMismatchError, AdapterFileError, ValueError, FileNotFoundError, KeyError,
             argparse.ArgumentError) as e:

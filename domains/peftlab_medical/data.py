@@ -77,8 +77,8 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader
 
-from peftlab.data import (DataError, EpochTaggedBatchSampler, PeftDataModule, assign_splits, csv_dict_reader,
-                          file_exists, item_seed, open_text, rebuild_loader)
+from peftlab.data import (DataError, PeftDataModule, assign_splits, csv_dict_reader, file_exists, item_seed,
+                          open_text, rebuild_loader)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -427,6 +427,8 @@ class MedicalImageDataModule(PeftDataModule):
         predict_split: split that ``predict`` runs on.
     """
 
+    tags_epochs = True  # augmentation seeded per (seed, epoch, item): the same with any workers, exact on resume
+
     def __init__(self, task_type: str = "binary", label_names: list[str] | None = None,
                  image_size: int | None = None, channels: int | None = None, spatial_dims: int = 2,
                  augment: bool = True, flip_prob: float = 0.5, rotate_prob: float = 0.5,
@@ -528,12 +530,6 @@ class MedicalImageDataModule(PeftDataModule):
         data.seed = self.seed  # augmentation per (seed, epoch, item): see _ItemSeeded
         self._datasets[split] = (records, data)
         return data
-
-    def train_dataloader(self) -> DataLoader:
-        """The base loader, with indices tagged by epoch so that augmentation is drawn per
-        (seed, epoch, item): the same with any number of workers, and exact on resume."""
-        loader = super().train_dataloader()
-        return rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction never augments, not even on the train split."""

@@ -59,8 +59,8 @@ import torch
 import torchaudio
 from torch.utils.data import DataLoader, Dataset
 
-from peftlab.data import (DataError, EpochTaggedBatchSampler, PeftDataModule, assign_splits, csv_dict_reader,
-                          file_exists, item_seed, open_text, rebuild_loader, seeded_split)
+from peftlab.data import (DataError, PeftDataModule, assign_splits, csv_dict_reader, file_exists, item_seed,
+                          open_text, rebuild_loader, seeded_split)
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -80,7 +80,6 @@ __all__ = [
     "AudioDataset",
     "AudioInfo",
     "AudioRecord",
-    "EpochTaggedBatchSampler",
     "FSDDDataModule",
     "SpeechCommandsDataModule",
     "audio_info",
@@ -391,7 +390,7 @@ class AudioAugmentation:
 
 
 # ---------------------------------------------------------------------------------------
-# Dataset and collate (the epoch-tagged sampler is peftlab.data.EpochTaggedBatchSampler)
+# Dataset and collate (items keyed by (epoch, index): peftlab.data.EpochTaggedBatchSampler)
 # ---------------------------------------------------------------------------------------
 
 class AudioDataset(Dataset):
@@ -510,6 +509,8 @@ class AudioDataModule(PeftDataModule):
             lengths for grouping are durations in samples at ``sample_rate``
             after the crop, read from the headers.
     """
+
+    tags_epochs = True  # augmentation seeded per (seed, epoch, item): the same with any workers, exact on resume
 
     def __init__(self, sample_rate: int = 16000, max_seconds: float | None = 1.0, augment: bool = True,
                  noise_files: list[str] | None = None, noise_snr_db: list[float] | None = None,
@@ -646,11 +647,6 @@ class AudioDataModule(PeftDataModule):
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_audio(items)
-
-    def train_dataloader(self) -> DataLoader:
-        """The base loader, with indices tagged by epoch so augmentation is (seed, epoch)-reproducible."""
-        loader = super().train_dataloader()
-        return rebuild_loader(loader, batch_sampler=EpochTaggedBatchSampler(loader.batch_sampler))
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction never augments, not even on the train split."""

@@ -463,6 +463,10 @@ class PeftDataModule(L.LightningDataModule):
         transforms per item, e.g. MONAI datasets; ``collate`` then gets its items)."""
         return _ListDataset(records)
 
+    #: the training loader hands the dataset ``(epoch, index)`` keys (:class:`EpochTaggedBatchSampler`), so
+    #: that a domain seeds each item's augmentation per (seed, epoch, item) with :func:`item_seed`
+    tags_epochs: bool = False
+
     # ``load_splits`` sets these while reading (the label vocabulary comes from the data)
     _num_outputs: int | None = None
     _label_names: list[str] | None = None
@@ -519,7 +523,8 @@ class PeftDataModule(L.LightningDataModule):
         # a generator of its own: making an iterator draws worker seeds from it, not from
         # torch's global random state (which checkpoints restore for dropout)
         generator = torch.Generator().manual_seed(self.seed)
-        return ResumableDataLoader(self.dataset(split, records), batch_sampler=sampler, collate_fn=self.collate,
+        batches = EpochTaggedBatchSampler(sampler) if train and self.tags_epochs else sampler
+        return ResumableDataLoader(self.dataset(split, records), batch_sampler=batches, collate_fn=self.collate,
                                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                                    generator=generator)
 

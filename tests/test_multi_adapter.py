@@ -114,8 +114,10 @@ def test_ia3_and_non_peft_methods_get_backbones_of_their_own(adapters):
 
 
 def read_csv(path: Path) -> dict[str, list[float]]:
+    """id -> the score columns (the ``predicted`` label column left out)."""
     with open(path, newline="") as f:
-        return {row["id"]: [float(v) for k, v in row.items() if k != "id"] for row in csv.DictReader(f)}
+        return {row["id"]: [float(v) for k, v in row.items() if k not in ("id", "predicted")]
+                for row in csv.DictReader(f)}
 
 
 def test_cli_writes_one_csv_per_adapter_with_each_adapters_predictions(adapters, tmp_path, capsys):
@@ -139,6 +141,10 @@ def test_cli_writes_one_csv_per_adapter_with_each_adapters_predictions(adapters,
             assert rows[id_] == pytest.approx(values, abs=1e-6)
     header = open(out / "second.csv").readline().strip()
     assert header == "id,prediction"  # the regression adapter's own head
+    with open(out / "first.csv", newline="") as f:  # the binary one: probability and the predicted label
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "probability", "predicted"]
+    assert all(r["predicted"] == str(int(float(r["probability"]) >= 0.5)) for r in rows)
 
 
 def test_backbone_config_and_derived_names(adapters, tmp_path):

@@ -20,7 +20,8 @@ def test_built_wheel_contains_and_imports_core_and_domains(tmp_path):
     assert "peftlab/module.py" in names and "peftlab_protein/backbones.py" in names
     assert not any(n.startswith(("shared/", "domains/", "tests/")) for n in names)
     entry_points = zipfile.ZipFile(wheel).read("peftlab-0.1.0.dist-info/entry_points.txt").decode()
-    assert "peftlab = peftlab.cli:main" in entry_points
+    assert "peftlab = peftlab.cli:console_main" in entry_points
+    assert "[peftlab.domains]" in entry_points and "protein = peftlab_protein" in entry_points
     # import from the wheel alone: run outside the repo with the wheel first on the path
     code = "import peftlab, peftlab_protein, peftlab.cli; print(peftlab.__file__); print(peftlab_protein.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True,

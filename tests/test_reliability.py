@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from peftlab import BackboneMismatchError, PeftModule
 from peftlab.checkpoint import (AdapterFileError, AtomicCheckpointIO, CheckpointFileError, NonFiniteLossError,
                                 load_adapter, load_checkpoint_file)
+from peftlab.errors import RunFolderError
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader
 from peftlab_protein.synthetic import SyntheticMotifDataModule
@@ -162,30 +163,34 @@ def start_peftlab(args: list[str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def metric_rows(root: Path, version: int) -> list[dict[str, str]]:
-    with open(root / "lightning_logs" / f"version_{version}" / "metrics.csv") as f:
+def metrics_csv_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
         return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
+def hang_config(path: Path, step: int, marker: Path) -> Path:
+    callbacks = [{"class_path": "tests.test_reliability.HangAfterStep", "init_args": {"step": step, "marker": str(marker)}}]
+    path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+    return path
+
+
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(tmp_path):
-    """`peftlab fit` in a subprocess, SIGKILLed mid-epoch (after step 5; the last
-    checkpoint is step 3's), then resumed with ``--ckpt_path last``: the same
-    final adapter, bit for bit, and the same metrics as a run never stopped.
+    """The README's resume, as a user runs it: `peftlab fit --run_dir DIR` in a
+    subprocess, SIGKILLed mid-epoch (after step 5; last.ckpt is step 3's, with
+    ``--checkpoint.every_n_train_steps 3``), then the same command with
+    ``--ckpt_path last``: it continues in DIR (no new folder) and ends with the
+    uninterrupted run's adapter, bit for bit, and its metrics.csv, row for row.
     (The uninterrupted and the resumed runs go in-process: one interpreter
     start-up instead of three keeps the test short.)"""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     marker = tmp_path / "step5.done"
-    every = 3  # checkpoints after steps 3 and 6 (epoch 0 has 8 steps)
-    plain_a = checkpoint_config(tmp_path / "a.yaml", straight / "ckpt", every)
-    plain_b = checkpoint_config(tmp_path / "b.yaml", broken / "ckpt", every)
-    hang = checkpoint_config(tmp_path / "hang.yaml", broken / "ckpt", every,
-                             [{"class_path": "tests.test_reliability.HangAfterStep",
-                               "init_args": {"step": 5, "marker": str(marker)}}])
+    every = ["--checkpoint.every_n_train_steps=3"]  # last.ckpt after steps 3 and 6 (epoch 0 has 8 steps)
+    hang = hang_config(tmp_path / "hang.yaml", 5, marker)
     log = tmp_path / "killed.log"
-    killed = start_peftlab(["fit", *RUN, "--config", str(hang), f"--trainer.default_root_dir={broken}"], log)
+    killed = start_peftlab(["fit", *RUN, *every, "--config", str(hang), f"--run_dir={broken}"], log)
     try:
         # the uninterrupted run, while the other one starts
-        main(["fit", *RUN, "--config", str(plain_a), f"--trainer.default_root_dir={straight}"])
+        main(["fit", *RUN, *every, f"--run_dir={straight}"])
         deadline = time.monotonic() + 120
         while not marker.exists():
             assert killed.poll() is None, f"the run ended before step 5:\n{log.read_text()[-4000:]}"
@@ -196,23 +201,69 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_run(tmp_path):
     finally:
         if killed.poll() is None:
             killed.kill()
-    last = broken / "ckpt" / "last.ckpt"
+    last = broken / "checkpoints" / "last.ckpt"
     at_kill = torch.load(last, weights_only=True)
     assert at_kill["global_step"] == 3 and at_kill["epoch"] == 0  # mid-epoch: 3 of 8 batches done
-    assert not (broken / "lightning_logs" / "version_0" / "adapter").exists()  # it never finished
-    # resume with the CLI's option: `last` finds last.ckpt in the ModelCheckpoint's folder
+    assert not (broken / "adapter").exists()  # it never finished
+    # a new fit into the killed run's folder would overwrite it: refused, naming the way to resume
+    with pytest.raises(RunFolderError, match="already holds a run.*--ckpt_path last"):
+        main(["fit", *RUN, *every, f"--run_dir={broken}"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(["fit", *RUN, "--config", str(plain_b), f"--trainer.default_root_dir={broken}", "--ckpt_path=last"])
+        main(["fit", *RUN, *every, f"--run_dir={broken}", "--ckpt_path=last"])
     assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning sees a resumable loader
-    assert_identical(adapter_of(broken, version=1), adapter_of(straight))
-    # every metric the resumed run logged (train loss per step from step 3 on, both
-    # epochs' validation metrics) equals the uninterrupted run's at the same step
-    before, after = metric_rows(straight, 0), metric_rows(broken, 1)
-    assert sum("train/loss" in r for r in after) == 2 * STEPS_PER_EPOCH - 3
-    assert sum("val/loss" in r for r in after) == 2
-    missing = [r for r in after if r not in before]
-    assert not missing, f"rows of the resumed run that the uninterrupted run does not have: {missing[:3]}"
+    assert sorted(p.name for p in broken.iterdir()) == sorted(p.name for p in straight.iterdir())
+    assert_identical(load_file(broken / "adapter" / "adapter.safetensors"),
+                     load_file(straight / "adapter" / "adapter.safetensors"))
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH  # the final state
+    # one metrics.csv for the run, as if it had never stopped (train loss per step, both validations)
+    assert metrics_csv_rows(broken) == metrics_csv_rows(straight)
+    assert sum("train/loss" in r for r in metrics_csv_rows(straight)) == 2 * STEPS_PER_EPOCH
+
+
+def test_ckpt_path_last_without_a_run_dir_resumes_the_newest_run_in_its_folder(tmp_path, capsys):
+    """``--ckpt_path last`` on its own resumes the newest ``lightning_logs/version_N``
+    (Lightning would look in a new version_N+1, find nothing, warn and start
+    again from scratch), continuing in that folder: no version_N+1 appears."""
+    one_epoch = [a for a in RUN if not a.startswith("--trainer.max_epochs")] + ["--trainer.max_epochs=1"]
+    main(["fit", *one_epoch, f"--trainer.default_root_dir={tmp_path}"])
+    first = load_checkpoint_file(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    assert first["global_step"] == STEPS_PER_EPOCH
+    main(["fit", *RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last"])
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    resumed = load_checkpoint_file(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 2 * STEPS_PER_EPOCH and resumed["epoch"] == 1
+    assert "resuming the run in" in capsys.readouterr().out
+
+
+def test_resuming_a_run_keeps_its_metrics_csv_without_the_rows_logged_after_the_checkpoint(every_step, tmp_path):
+    """A run killed after its last checkpoint had logged (and flushed) more rows; resumed
+    in its folder, metrics.csv keeps the rows up to the checkpoint, drops the later ones
+    (the resumed run logs those steps again) and appends: the uninterrupted run's file.
+    Here the killed run is the uninterrupted one's folder whose last.ckpt is put back to step 11."""
+    run = tmp_path / "run"
+    shutil.copytree(every_step / "lightning_logs" / "version_0", run)
+    shutil.copy(every_step / "ckpt" / "step=11.ckpt", run / "checkpoints" / "last.ckpt")
+    shutil.rmtree(run / "adapter")
+    complete = metrics_csv_rows(run)
+    assert any(float(r["step"]) >= 11 for r in complete)  # rows after the checkpoint are there to drop
+    main(["fit", *RUN, f"--run_dir={run}", "--ckpt_path=last"])
+    assert metrics_csv_rows(run) == complete
+    assert_identical(load_file(run / "adapter" / "adapter.safetensors"), adapter_of(every_step))
+
+
+def test_a_resume_with_nothing_to_resume_fails_loudly(tmp_path):
+    """No silent fresh start: a missing run or checkpoint is an error that names what was looked for."""
+    with pytest.raises(RunFolderError, match=r"no run to take it from: no lightning_logs/version_N/checkpoints/"
+                                             r"last\.ckpt under"):
+        main(["fit", *RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last"])
+    with pytest.raises(RunFolderError, match=r"--run_dir .*nope: no such run folder"):
+        main(["fit", *RUN, f"--run_dir={tmp_path / 'nope'}", "--ckpt_path=last"])
+    (tmp_path / "killed_early" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(RunFolderError, match=r"last\.ckpt: not found, so there is nothing to resume"):
+        main(["fit", *RUN, f"--run_dir={tmp_path / 'killed_early'}", "--ckpt_path=last"])
+    with pytest.raises(CheckpointFileError, match=r"missing\.ckpt: file not found"):
+        main(["fit", *RUN, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={tmp_path / 'missing.ckpt'}"])
 
 
 @pytest.fixture(scope="module")

@@ -175,8 +175,9 @@ def test_a_cell_with_a_bad_override_records_the_cli_error(tmp_path):
     (cell_dir / "cell.json").write_text(json.dumps({"label": cell.label, "args": list(cell.args)}))
     assert sw.run_cell(cell_dir) == 1
     result = json.loads((cell_dir / "result.json").read_text())
-    assert result["status"] == "failed" and result["error"].startswith("error:")
-    assert "not-a-number" in result["error"] and "\n" not in result["error"]
+    # the parser's one-line error (no usage text), as the child's stderr ends with it
+    assert result["status"] == "failed" and ": error: " in result["error"]
+    assert "not-a-number" in result["error"] and "\n" not in result["error"] and "usage:" not in result["error"]
 
 
 EXPECTED_CELLS = {

@@ -13,6 +13,7 @@ random weights; ``depth`` shrinks a ViT for offline tests and demos.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
+from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
 from peftlab.safe_load import refusing_unsafe_pickles
 
 TRANSFORMER_PRESETS = {
@@ -76,6 +78,8 @@ class TimmBackbone(Backbone):
     feature map flattened to ``[B, H*W, C]``); content = patches / positions.
     """
 
+    input_keys = ("images",)
+
     def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
                  checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
                  depth: int | None = None, patch_size: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
@@ -108,9 +112,21 @@ class TimmBackbone(Backbone):
         # timm reads safetensors as they are and .pth / .bin files (local, or from the hub) in torch's
         # weights-only mode (with argparse.Namespace allowed); a refusal is named here
         weights = str(checkpoint_path) if checkpoint_path is not None else f"timm's pretrained weights for {name!r}"
-        with torch.random.fork_rng(), refusing_unsafe_pickles(weights, "timm weights file", [argparse.Namespace]):
+        from_hub = pretrained and checkpoint_path is None
+        with torch.random.fork_rng(), refusing_unsafe_pickles(weights, "timm weights file", [argparse.Namespace]), \
+                (hf_offline_when_unreachable() if from_hub else contextlib.nullcontext(False)) as offline:
             torch.manual_seed(seed)
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            try:
+                model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            except (OSError, RuntimeError) as e:
+                if not offline:
+                    raise
+                raise weights_unavailable(
+                    f"timm weights {name!r}", f"the Hugging Face Hub cannot be reached, and they are not in its "
+                    f"cache ({hf_cache_dir()}); {type(e).__name__}",
+                    f"download the model's weights file (model.safetensors of the Hub repository timm names for "
+                    f"{name!r}) on a connected machine and pass it as "
+                    f"--model.backbone.init_args.checkpoint_path FILE") from None
         self.model = model
         self.embed_dim = model.num_features
         self.freeze_batchnorm_stats = freeze_batchnorm_stats

@@ -427,6 +427,8 @@ class MedicalImageDataModule(PeftDataModule):
         predict_split: split that ``predict`` runs on.
     """
 
+    input_keys = ("images",)
+
     tags_epochs = True  # augmentation seeded per (seed, epoch, item): the same with any workers, exact on resume
 
     def __init__(self, task_type: str = "binary", label_names: list[str] | None = None,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
-from peftlab.module import CheckpointFileError
+from peftlab.errors import CheckpointFileError
 from peftlab.safe_load import hub_cache_file, load_hub_weights, load_weights_file
 
 # name -> (layers, embed_dim, attention heads), as published by fair-esm
@@ -86,7 +86,10 @@ def _load_fair_esm(name: str, checkpoint_path: str | None) -> esm.model.esm2.ESM
         if name not in ESM2_SIZES:
             raise ValueError(f"unknown ESM-2 model {name!r}; published sizes: {', '.join(ESM2_SIZES)}")
         model_name, url = name, FAIR_ESM_MODEL_URL.format(name=name)
-        model_data = _fair_esm_data(load_hub_weights(url, "fair-esm model file", allowed), hub_cache_file(url))
+        fix = (f"copy {name}.pt to {hub_cache_file(url)} (torch.hub's cache), or pass the file as "
+               f"--model.backbone.init_args.checkpoint_path FILE (with {name}-contact-regression.pt beside it)")
+        model_data = _fair_esm_data(load_hub_weights(url, "ESM-2 weights", allowed, offline_fix=fix),
+                                    hub_cache_file(url))
         regression_data = None
     with warnings.catch_warnings():  # without regression weights: the contact head, which is dropped anyway
         warnings.filterwarnings("ignore", message="Regression weights not found")
@@ -111,6 +114,8 @@ class ESM2Backbone(Backbone):
     Batch input: ``tokens`` ``[B, T]`` in the ESM alphabet, BOS first, EOS last,
     padding after. Content tokens are the residues (not BOS, EOS or padding).
     """
+
+    input_keys = ("tokens",)
 
     seq_dim = 0  # fair-esm blocks take [T, B, D]
     num_prefix_tokens = 1  # BOS

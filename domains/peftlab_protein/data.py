@@ -515,6 +515,8 @@ class ProteinDataModule(PeftDataModule):
     :func:`peftlab.data.seeded_split` makes them.
     """
 
+    input_keys = ("tokens",)
+
     def __init__(self, path: str | None = None, labels_path: str | None = None, format: str = "auto",
                  task_type: str = "regression", sequence_column: str = "sequence",
                  target_column: str | list[str] = "target", label_names: list[str] | None = None,

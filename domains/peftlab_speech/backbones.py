@@ -23,8 +23,10 @@ checkpoint has them, else from a pickled ``.bin`` in weights-only mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ import torchaudio
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
-from peftlab.module import CheckpointFileError
+from peftlab.errors import CheckpointFileError
+from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
 from peftlab.safe_load import hub_cache_file, load_weights_file, refusing_unsafe_pickles
 
 _BASE = dict(extractor_mode="group_norm", extractor_conv_bias=False, encoder_embed_dim=768, encoder_num_layers=12,
@@ -74,6 +77,26 @@ WAVLM_NOTES = {name: "torchaudio's WavLM computes attention in nn.MultiheadAtten
 WAVLM_SITES = {"mlp_in": "feed_forward.intermediate_dense", "mlp_out": "feed_forward.output_dense"}
 
 
+@contextlib.contextmanager
+def _hub_download(name_or_path: str, is_local: bool) -> Iterator[None]:
+    """Around a transformers ``from_pretrained`` of a hub name: offline (the Hub cannot be reached) it
+    reads the Hugging Face cache only, and a missing model is a WeightsUnavailableError."""
+    if is_local:
+        yield
+        return
+    with hf_offline_when_unreachable() as offline:
+        try:
+            yield
+        except OSError as e:
+            if not offline:
+                raise
+            raise weights_unavailable(
+                f"transformers model {name_or_path!r}", "the Hugging Face Hub cannot be reached, and the model is "
+                f"not in its cache ({hf_cache_dir()})",
+                f"save it on a connected machine (Model.from_pretrained(name).save_pretrained(DIR), with its "
+                f"preprocessor_config.json) and pass the folder as --model.backbone.init_args.name DIR") from None
+
+
 def _load_torchaudio_bundle(bundle_name: str) -> nn.Module:
     """``torchaudio.pipelines.<bundle>.get_model()``, its weights read in torch's weights-only mode.
 
@@ -86,8 +109,9 @@ def _load_torchaudio_bundle(bundle_name: str) -> nn.Module:
         with refusing_unsafe_pickles(file, f"torchaudio {bundle_name} weights file"):
             model = bundle.get_model(dl_kwargs={"weights_only": True, "map_location": "cpu"})
     except urllib.error.URLError as e:
-        raise OSError(f"could not download torchaudio's {bundle_name} weights ({e.reason}); offline, put the "
-                      f"file at {file}") from None
+        raise weights_unavailable(f"torchaudio {bundle_name} weights {file.name}", e,
+                                  f"copy the file to {file} (torch.hub's cache), or pass a torchaudio state dict "
+                                  f"as --model.backbone.init_args.checkpoint_path FILE") from None
     except RuntimeError as e:
         raise CheckpointFileError(f"{file}: not torchaudio's {bundle_name} weights, or truncated "
                                   f"({str(e).strip().splitlines()[0]})") from e
@@ -126,6 +150,8 @@ class TorchaudioEncoder(Backbone):
     Batch input: ``waveforms`` ``[B, N]`` (16 kHz) and ``lengths`` ``[B]``
     (valid samples). Features: one token per 20 ms frame.
     """
+
+    input_keys = ("waveforms",)
 
     seq_dim = 1
     num_prefix_tokens = 0
@@ -329,6 +355,8 @@ class HFSpeechEncoder(Backbone):
     masked in attention, as ``model(input_values, attention_mask=...)`` does.
     """
 
+    input_keys = ("waveforms",)
+
     seq_dim = 1
     num_prefix_tokens = 0
     blocks_path = "model.encoder.layers"
@@ -380,18 +408,15 @@ class HFSpeechEncoder(Backbone):
                         activation_dropout=dropout, feat_proj_dropout=dropout)
 
         if pretrained:
-            try:
+            with _hub_download(name_or_path, is_local):
                 config = config_cls.from_pretrained(name_or_path, **settings)
-            except OSError as e:
-                raise OSError(f"could not load the config of {name_or_path!r} (offline? give a local directory "
-                              f"written by save_pretrained): {e}") from e
             if config.model_type != family:
                 raise ValueError(f"{name_or_path} holds a {config.model_type!r} model, not {family!r}")
             self._check_supported(config, name_or_path)
             # transformers reads safetensors when the checkpoint has them, else a pickled .bin / .pt, which is
             # read in torch's weights-only mode (said explicitly: it is the default of transformers 5 only)
             with refusing_unsafe_pickles(_hf_weights_file(name_or_path, local if is_local else None),
-                                         "transformers weights file"):
+                                         "transformers weights file"), _hub_download(name_or_path, is_local):
                 model = model_cls.from_pretrained(name_or_path, config=config, weights_only=True)
         else:
             if is_local:  # the directory's architecture, then the overrides
@@ -437,7 +462,8 @@ class HFSpeechEncoder(Backbone):
         family = _family_from_name(name_or_path)
         if family is None and pretrained:
             from transformers import AutoConfig
-            model_type = AutoConfig.from_pretrained(name_or_path).model_type
+            with _hub_download(name_or_path, False):
+                model_type = AutoConfig.from_pretrained(name_or_path).model_type
             family = model_type if model_type in HF_FAMILIES else None
         if family is None:
             raise ValueError(f"cannot tell the family of {name_or_path!r}; pass family= one of "

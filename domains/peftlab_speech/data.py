@@ -510,6 +510,8 @@ class AudioDataModule(PeftDataModule):
             after the crop, read from the headers.
     """
 
+    input_keys = ("waveforms", "lengths")
+
     tags_epochs = True  # augmentation seeded per (seed, epoch, item): the same with any workers, exact on resume
 
     def __init__(self, sample_rate: int = 16000, max_seconds: float | None = 1.0, augment: bool = True,

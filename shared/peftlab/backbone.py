@@ -97,6 +97,9 @@ class Backbone(nn.Module):
     token_sequence: bool = True
     #: recompute each block's activations in the backward instead of keeping them (set from ``__init__``)
     gradient_checkpointing: bool = False
+    #: the batch keys ``embed`` reads (``tokens``, ``images``, ``waveforms``); a data module declares the
+    #: keys its batches carry as its ``input_keys``, and a run whose data lacks one stops before training
+    input_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -268,3 +271,24 @@ def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         h.update(picked.round(6).tobytes())
     return h.hexdigest()[:16]
+
+
+def check_backbone_reads_data(backbone: Any, data: Any) -> None:
+    """Raise a :class:`peftlab.errors.ConfigError` naming both when ``data``'s
+    batches lack an input ``backbone`` reads (a ViT given protein tokens, ...).
+    Either side that declares no ``input_keys`` is not checked."""
+    needed = tuple(getattr(backbone, "input_keys", ()) or ())
+    given = getattr(data, "input_keys", None)
+    if not needed or given is None:
+        return
+    missing = [k for k in needed if k not in given]
+    if missing:
+        from peftlab.errors import ConfigError
+
+        b, d = type(backbone), type(data)
+        raise ConfigError(
+            f"the backbone {b.__module__}.{b.__name__} ({getattr(backbone, 'name', b.__name__)}) reads "
+            f"{', '.join(repr(k) for k in needed)} from each batch, but the data module {d.__module__}.{d.__name__} "
+            f"gives {', '.join(repr(k) for k in given) or 'none of them'}: they belong to different domains. "
+            f"Pair a backbone config with a data config of the same field (configs/<field>/), "
+            f"e.g. 'peftlab list backbones' and 'peftlab list data' show which is which.")

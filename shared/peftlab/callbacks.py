@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import time
@@ -13,87 +14,221 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from peftlab.checkpoint import save_adapter
+from peftlab.checkpoint import atomic_write, load_checkpoint_file, save_adapter
 from peftlab.distributed import gather_to_rank_zero, gather_trainable_state
+from peftlab.errors import CheckpointFileError
+from peftlab.runs import describe_selection, run_folder, selected_checkpoint
 
 
-def run_dir(trainer: L.Trainer) -> str:
-    """The run's log directory; the trainer's root when no logger names one
-    (``fast_dev_run`` and ``logger=False`` runs)."""
-    return trainer.log_dir or trainer.default_root_dir
+def prediction_table(outputs: list[dict[str, Any]], task_type: str,
+                     label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
+    """``(header, rows)`` of a predictions CSV from ``predict_step`` outputs: ``id``
+    (and ``position`` for token tasks), one column per output score (class names
+    for classification, ``probability`` for binary, ``prediction`` for
+    regression) and, for classification, ``predicted``: the predicted class
+    name (argmax), the positive or negative name at probability 0.5 for binary,
+    and the labels at or above 0.5 joined by ``;`` for multi-label."""
+    header: list[str] = ["id"]
+    rows: list[list[Any]] = []
+    for out in outputs:
+        scores = out["scores"]
+        width = scores.shape[-1] if scores.ndim > 1 else 1
+        cols = _score_columns(task_type, label_names, width)
+        token_task = out.get("mask") is not None
+        header = (["id", "position"] if token_task else ["id"]) + cols + (["predicted"] if task_type != "regression" else [])
+        if token_task:
+            for i, id_ in enumerate(out["ids"]):
+                for pos in out["mask"][i].nonzero().flatten().tolist():
+                    values = scores[i, pos].tolist()
+                    rows.append([id_, pos] + values + [_predicted(task_type, label_names, values)])
+        else:
+            for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
+                rows.append([id_] + values + ([] if task_type == "regression" else
+                                              [_predicted(task_type, label_names, values)]))
+    return header, rows
+
+
+def _score_columns(task_type: str, names: list[str] | None, width: int) -> list[str]:
+    if names and len(names) == width:
+        return [str(n) for n in names]
+    if task_type in ("regression", "binary") and width == 1:
+        return ["prediction" if task_type == "regression" else "probability"]
+    return [f"output_{k}" for k in range(width)]
+
+
+def _predicted(task_type: str, names: list[str] | None, values: list[float]) -> Any:
+    """The predicted label of one row of scores (see :func:`prediction_table`)."""
+    if task_type == "binary":
+        positive = int(values[0] >= 0.5)
+        return str(names[positive]) if names and len(names) == 2 else positive
+    if task_type == "multilabel":
+        on = [i for i, v in enumerate(values) if v >= 0.5]
+        return ";".join(str(names[i]) if names and len(names) == len(values) else str(i) for i in on)
+    best = max(range(len(values)), key=values.__getitem__)
+    return str(names[best]) if names and len(names) == len(values) else best
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Writes ``predict`` results to a CSV: ``id`` then one column per output
-    (class names for classification, ``prediction`` for regression); token
-    tasks get one row per content token (``id``, ``position``, then scores).
+    """Writes ``predict`` results to a CSV (see :func:`prediction_table` for the
+    columns; token tasks get one row per content token) and prints its path.
 
     Args:
-        output: CSV path; ``None`` puts ``predictions.csv`` in the run's log directory.
+        output: CSV path; ``None`` puts ``predictions.csv`` in the run folder
+            (the folder of the checkpoint's run, or ``--run_dir``).
     """
 
     def __init__(self, output: str | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output = output
 
-    def _columns(self, module: Any, width: int) -> list[str]:
-        names = module.label_names
-        if names and len(names) == width:
-            return [str(n) for n in names]
-        if module.task_type in ("regression", "binary") and width == 1:
-            return ["prediction" if module.task_type == "regression" else "probability"]
-        return [f"output_{k}" for k in range(width)]
-
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        path = Path(self.output or os.path.join(run_dir(trainer), "predictions.csv"))
+        path = Path(self.output or run_folder(trainer) / "predictions.csv")
         # multi-process runs: each rank predicted its share; rank 0 writes them all (peftlab.distributed)
         predictions = gather_to_rank_zero(trainer, list(predictions))
         if predictions is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows: list[list[Any]] = []
-        header: list[str] | None = None
-        for out in predictions:
-            scores = out["scores"]
-            width = scores.shape[-1] if scores.ndim > 1 else 1
-            cols = self._columns(pl_module, width)
-            if out.get("mask") is not None:  # token task
-                header = ["id", "position"] + cols
-                for i, id_ in enumerate(out["ids"]):
-                    for pos in out["mask"][i].nonzero().flatten().tolist():
-                        rows.append([id_, pos] + scores[i, pos].tolist())
-            else:
-                header = ["id"] + cols
-                values = scores.reshape(len(out["ids"]), -1).tolist()
-                rows += [[id_] + v for id_, v in zip(out["ids"], values)]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header or ["id"])
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        header, rows = prediction_table(predictions, pl_module.task_type, pl_module.label_names)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows(rows)
+
+        atomic_write(path, write)
         self.written_path = path
+        source = f" of {trainer.ckpt_path}" if trainer.ckpt_path else ""
+        pl_module.print(f"peftlab: {len(rows)} prediction row(s){source} written to {path}")
 
 
 class AdapterExport(L.Callback):
-    """At the end of ``fit``, writes the adapter (trained tensors + config) to
-    ``<log dir>/adapter`` or ``directory``.
+    """At the end of ``fit``, writes the adapter (trained tensors + config) of
+    the checkpoint the run selects (:func:`peftlab.runs.selected_checkpoint`:
+    the best on the monitored validation metric, else the last) to
+    ``<run folder>/adapter`` or ``directory``; ``adapter_config.json`` records
+    which checkpoint and why.
 
     Args:
-        directory: where to write; ``None`` = ``<log dir>/adapter``.
+        directory: where to write; ``None`` = ``<run folder>/adapter``.
     """
 
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        # multi-process runs (peftlab.distributed): every rank joins, since log_dir is a
-        # broadcast and FSDP / ZeRO-3 gather the trained shards; rank 0 writes
-        target = self.directory or os.path.join(run_dir(trainer), "adapter")
-        state = gather_trainable_state(trainer, pl_module)
-        if trainer.is_global_zero:
-            self.written_path = save_adapter(pl_module, target, state=state)
-            pl_module.print(f"peftlab: adapter written to {self.written_path}")
+        run = run_folder(trainer)
+        target = self.directory or run / "adapter"
+        selection = dict(selected_checkpoint(trainer))
+        path = selection.get("path")
+        if selection["selected"] == "best" and not Path(path).is_file():  # a DeepSpeed checkpoint directory
+            selection = {"selected": "final weights", "path": None,
+                         "reason": f"the best checkpoint ({path}) is a directory that peftlab cannot read tensors "
+                                   f"from; the adapter holds the weights at the end of training"}
+        if selection["selected"] == "best":
+            # every rank agrees on the selection; rank 0 reads the file (it holds the trained tensors only)
+            state, position = (trained_state_of_checkpoint(path, pl_module) if trainer.is_global_zero
+                               else (None, {}))
+        else:
+            # multi-process runs (peftlab.distributed): every rank joins, since FSDP / ZeRO-3 gather
+            # the trained shards; rank 0 writes
+            state = gather_trainable_state(trainer, pl_module)
+            position = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        if not trainer.is_global_zero:
+            return
+        record = {k: v for k, v in selection.items() if k != "path"}
+        record.update(position)
+        record["file"] = _relative(path, run) if path else None
+        self.selection = selection
+        self.written_path = save_adapter(pl_module, target, state=state, checkpoint=record)
+        source = Path(path).name if path else "the final weights"
+        pl_module.print(f"peftlab: adapter written to {self.written_path} (from {source})")
+
+
+def _relative(path: str | os.PathLike, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside it (as the adapter config records it)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
+def trained_state_of_checkpoint(path: str | os.PathLike, module: Any) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The trained tensors of ``module`` as a checkpoint file holds them (weights-only),
+    and its ``epoch`` / ``global_step``."""
+    checkpoint = load_checkpoint_file(path)
+    state, expected = checkpoint["state_dict"], module.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointFileError(f"{path}: lacks {len(missing)} trained tensor(s) of this model, e.g. {missing[:3]}")
+    return ({k: state[k] for k in expected},
+            {"epoch": int(checkpoint.get("epoch", -1)), "global_step": int(checkpoint.get("global_step", -1))})
+
+
+class RunFeedback(L.Callback):
+    """What a user sees of a run: a logging interval that fits the data (when
+    the config sets none: about five logged training losses per epoch, at most
+    every 50 steps), and, when a fit ends, which checkpoint the run selected and
+    where the run folder is. Every CLI run gets it.
+
+    Args:
+        log_every_n_steps_set: the config set ``trainer.log_every_n_steps`` itself (then it is kept).
+    """
+
+    def __init__(self, log_every_n_steps_set: bool = False) -> None:
+        self.log_every_n_steps_set = log_every_n_steps_set
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        data = trainer.datamodule
+        if stage != "fit" or self.log_every_n_steps_set or data is None or not hasattr(data, "split_sizes"):
+            return
+        world = max(1, trainer.world_size)
+        batches = max(1, -(-data.split_sizes()["train"] // (data.batch_size * world)))
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif isinstance(limit, float):
+            batches = max(1, int(batches * limit))
+        trainer.log_every_n_steps = max(1, min(50, batches // 5))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        run = run_folder(trainer)
+        pl_module.print(f"peftlab: fit done after {trainer.global_step} step(s); selected "
+                        f"{describe_selection(selected_checkpoint(trainer), run)}; run folder {run}")
+
+
+class EvaluationRecord(L.Callback):
+    """After ``test`` / ``validate``: ``<run folder>/test_metrics.json`` (or
+    ``validate_metrics.json``) with the metrics, the checkpoint that produced
+    them, the backbone (random-init tiny backbones say so) and the data
+    (module, source, split and its size), so that a number never travels
+    without where it came from."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._write(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "val")
+
+    def _write(self, trainer: L.Trainer, pl_module: Any, split: str) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
+        data = trainer.datamodule
+        sizes = data.split_sizes() if data is not None and hasattr(data, "split_sizes") else {}
+        record = {
+            "metrics": metrics, "primary_metric": f"{split}/{pl_module.primary_metric}",
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "the in-memory weights (no --ckpt_path)",
+            "backbone": pl_module.backbone.name, "method": repr(pl_module.method),
+            "data": {"module": type(data).__name__ if data is not None else None,
+                     "source": str(getattr(data, "path", None) or "built in (synthetic)"),
+                     "split": split, "examples": sizes.get(split)},
+        }
+        name = "test_metrics.json" if split == "test" else "validate_metrics.json"
+        path = run_folder(trainer) / name
+        text = json.dumps(record, indent=2, sort_keys=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        self.written_path = path
 
 
 def proc_status_mb(field_name: str) -> float | None:

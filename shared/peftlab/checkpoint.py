@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from peftlab.backbone import Backbone
+from peftlab.errors import AdapterFileError
 from peftlab.methods import METHODS, Method
 from peftlab.module import (FORMAT_VERSION, LOADED_FROM_KEY, CheckpointFileError, NonFiniteLossError, PeftModule,
                             check_identity, shape_mismatches)
@@ -56,10 +57,6 @@ __all__ = ["AdapterFileError", "AtomicCheckpointIO", "CheckpointFileError", "Non
            "head_options", "import_class", "load_adapter", "load_checkpoint_file", "merge_adapter", "read_adapter_config",
            "read_adapter_weights", "save_adapter",
            "use_atomic_checkpoint_io"]
-
-
-class AdapterFileError(ValueError):
-    """An adapter file is missing, truncated or not what it claims to be."""
 
 
 # ---- atomic writes ----------------------------------------------------------------------
@@ -242,15 +239,22 @@ def use_atomic_checkpoint_io(strategy: Any) -> None:
 
 # ---- adapters -------------------------------------------------------------------------------
 
-def save_adapter(module: PeftModule, directory: str | os.PathLike, state: dict[str, Any] | None = None) -> Path:
+def save_adapter(module: PeftModule, directory: str | os.PathLike, state: dict[str, Any] | None = None,
+                 checkpoint: dict[str, Any] | None = None) -> Path:
     """Write the trained state and its config; returns the directory. ``state``:
     the trained tensors when the caller gathered them (FSDP, DeepSpeed ZeRO-3:
-    :func:`peftlab.distributed.gather_trainable_state`), else the module's own."""
+    :func:`peftlab.distributed.gather_trainable_state`) or read them from the
+    selected checkpoint, else the module's own. ``checkpoint``: which checkpoint
+    of the run the tensors come from and why (recorded as ``checkpoint`` in
+    ``adapter_config.json``)."""
     directory = Path(directory)
     state = module.trainable_state_dict() if state is None else state
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "peftlab"}))
-    config = json.dumps(module.run_metadata(), indent=2, sort_keys=True, default=str)
+    metadata = module.run_metadata()
+    if checkpoint is not None:
+        metadata["checkpoint"] = checkpoint
+    config = json.dumps(metadata, indent=2, sort_keys=True, default=str)
     atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config))
     return directory
 
@@ -359,7 +363,7 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     :class:`AdapterFileError` naming it. ``method_options`` override recorded
     options that do not change the trained tensors, e.g. ``{"quantize": None}``
     to put a QLoRA adapter on the full-precision backbone (on a CPU), or
-    ``{"dropout": 0.0}``.
+    ``{"dropout": 0.0}``. The model comes back in eval mode (dropout off).
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
@@ -395,7 +399,7 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     if kinds:
         raise AdapterFileError(f"{weights_path}: tensor types do not match: {'; '.join(kinds[:3])}")
     module.load_state_dict(tensors, strict=False)
-    return module
+    return module.eval()  # for inference: dropout off (train() turns it back on)
 
 
 def merge_adapter(module: PeftModule) -> PeftModule:

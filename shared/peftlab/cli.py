@@ -1,95 +1,103 @@
-"""The ``peftlab`` console script: a LightningCLI over PeftModule and any
-domain DataModule.
+"""The ``peftlab`` command: a thin dispatcher.
 
-    peftlab fit --config configs/protein/esm2_t12_35M.yaml \\
-                --config configs/methods/lora.yaml \\
-                --config configs/protein/flip_gb1.yaml --data.path two_vs_rest.csv
+    peftlab fit|validate|test|predict ...   the Lightning CLI (peftlab.lightning_cli)
+    peftlab sweep --config PAPER.yaml        a paper table (peftlab.sweep)
+    peftlab predict-adapters ...             several adapters on one backbone (peftlab.multi_adapter)
+    peftlab list [methods|backbones|data]    what can be named in a config (peftlab.catalog)
 
-``peftlab sweep --config configs/paper/NAME.yaml`` runs a whole paper table
-instead (see :mod:`peftlab.sweep`).
-
-Lightning (>= 2.5) ships no ``lightning`` command, hence our own. The data
-module's task facts are linked into the model, so they are never typed twice.
+:func:`main` raises peftlab's errors (for callers and tests); the console
+script :func:`console_main` explains them in one paragraph and shows the
+traceback only with ``--traceback`` (or ``PEFTLAB_TRACEBACK=1``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import time
-from pathlib import Path
+import traceback
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
+COMMANDS = {
+    "fit": "train a backbone + PEFT method on a data set (writes a run folder: config, metrics, checkpoints, adapter)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split (writes test_metrics.json in its run folder)",
+    "predict": "write predictions.csv (scores and predicted labels) for a checkpoint",
+    "sweep": "run a paper-style table: tasks x methods x seeds, one process per cell (configs/paper/*.yaml)",
+    "predict-adapters": "several adapters on one backbone, one predictions CSV each",
+    "list": "the registered methods, backbones and data modules, one line each",
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+OVERVIEW = """usage: peftlab COMMAND [options]
 
-from peftlab.callbacks import AdapterExport, PredictionCSVWriter, StepTimer
-from peftlab.checkpoint import load_checkpoint_file, use_atomic_checkpoint_io
-from peftlab.data import PeftDataModule
-from peftlab.module import PeftModule
+Parameter-efficient fine-tuning for proteins, medical imaging and speech, on Lightning.
+
+commands:
+{commands}
+
+'peftlab COMMAND --help' shows a command's options. Configs compose left to right, e.g.
+  peftlab fit --config configs/protein/esm2_tiny.yaml --config configs/methods/lora.yaml \\
+              --config configs/protein/synthetic_motif.yaml --run_dir runs/motif-lora
+  peftlab test --config ... --run_dir runs/motif-lora          # the run's selected checkpoint
+Errors are one paragraph; add --traceback (or PEFTLAB_TRACEBACK=1) for the full traceback.
+"""
 
 
-class PeftLabCLI(LightningCLI):
-    """LightningCLI over PeftModule and a domain DataModule. Every run writes
-    checkpoints atomically and loads ``--ckpt_path`` in torch's weights-only
-    mode (:class:`peftlab.checkpoint.AtomicCheckpointIO`, unless the run names
-    a CheckpointIO plugin of its own)."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.task_type", "model.task_type", apply_on="instantiate")
-        parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
-        parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
-        parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
-        parser.add_lightning_class_args(AdapterExport, "adapter")
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        use_atomic_checkpoint_io(trainer.strategy)
-        return trainer
-
-    def _parse_ckpt_path(self) -> None:
-        """What LightningCLI (2.6) does with ``--ckpt_path`` before building the
-        model: read the checkpoint's ``hyper_parameters`` into the config. Its
-        own version calls ``torch.load`` directly, so a truncated or altered file
-        failed deep inside torch; here the file goes through peftlab's
-        weights-only loader, whose errors name it."""
-        if not self.config.get("subcommand"):
-            return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        hparams = load_checkpoint_file(ckpt_path).get("hyper_parameters") or {}
-        hparams = dict(hparams)
-        hparams.pop("_instantiator", None)
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        try:
-            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write(f"Parsing of the hyperparameters in {ckpt_path} failed!\n")
-            raise
+def overview() -> str:
+    return OVERVIEW.format(commands="\n".join(f"  {name:<17} {text}" for name, text in COMMANDS.items()))
 
 
 def main(args: list[str] | None = None) -> int | None:
-    """The console script: ``peftlab fit|validate|test|predict ...`` (the
-    LightningCLI), and ``peftlab sweep ...`` (:mod:`peftlab.sweep`, a paper
-    table over tasks x methods x seeds), whose exit status it returns."""
+    """Run one ``peftlab`` command; returns its exit status (``None`` = 0) and raises
+    peftlab's errors as they are (see :func:`console_main` for the messages)."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "sweep":
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0
+    command = argv[0]
+    if command == "sweep":
         from peftlab.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
-    if argv and argv[0] == "predict-adapters":  # several adapters on one backbone, a CSV each
+    if command == "predict-adapters":
         from peftlab.multi_adapter import main as predict_adapters_main
 
         return predict_adapters_main(argv[1:])
+    if command == "list":
+        return list_main(argv[1:])
+    if command not in LIGHTNING_COMMANDS and not command.startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"unknown command {command!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                          + f" (commands: {', '.join(COMMANDS)})")
+    from peftlab.catalog import check_class_references, import_domains, needs_domain_classes
+
+    if needs_domain_classes(argv):  # short class names, help: the domains' classes must be known
+        import_domains()
+    check_class_references(argv)
+    from peftlab.lightning_cli import build_cli
+
     try:
-        PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True,
-                   save_config_kwargs={"overwrite": True}, args=args)
+        build_cli(argv)
     finally:
         _leave_process_group()
     return None
+
+
+def list_main(argv: list[str]) -> int:
+    """``peftlab list [methods|backbones|data ...]``: one line per registered class."""
+    from peftlab.catalog import listing
+
+    kinds = argv or ["methods", "backbones", "data"]
+    unknown = [k for k in kinds if k not in ("methods", "backbones", "data")]
+    if unknown:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"peftlab list: unknown kind(s) {unknown}; choose from methods, backbones, data")
+    print(listing(kinds), end="")
+    return 0
 
 
 def _leave_process_group() -> None:
@@ -102,54 +110,51 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> dict[str, Any]:
-    """Fit, then test the trained weights, then print (and return) one summary:
-    the test metrics and the cost (trainable parameters, time per step, peak
-    memory). Takes the same ``--config`` / ``--section.key value`` arguments as
-    ``peftlab fit``. This is what the domain recipe scripts run."""
-    cli = PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True, run=False, args=args,
-                     save_config_kwargs={"overwrite": True})
-    timer = StepTimer()
-    cli.trainer.callbacks.append(timer)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    fit_seconds = time.perf_counter() - start
-    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-    model = cli.model
-    summary: dict[str, Any] = {
-        "backbone": model.backbone.name, "backbone_config": model.backbone.config(), "method": repr(model.method),
-        "task_type": model.task_type, "split_sizes": cli.datamodule.split_sizes(),
-        **model.parameter_summary(), **timer.summary(), "fit_seconds": fit_seconds,
-        "test": {k: float(v) for k, v in tested.items()}, "log_dir": cli.trainer.log_dir,
-    }
-    primary = f"test/{model.primary_metric}"
-    print(f"\n== {title} ==")
-    print(f"backbone        {summary['backbone']} {summary['backbone_config']}")
-    print(f"method          {summary['method']}")
-    print(f"data            {summary['split_sizes']}")
-    print(f"trainable       {summary['trainable_params']:,} of {summary['total_params']:,} parameters "
-          f"({100 * summary['trainable_share']:.3f}%)")
-    print(f"cost            {1000 * summary['s_per_step']:.1f} ms/step, {summary['samples_per_s']:.1f} samples/s, "
-          f"peak memory {summary['peak_memory_mb']:.0f} MB ({summary['peak_memory_kind']}), fit {fit_seconds:.1f} s")
-    for k, v in sorted(summary["test"].items()):
-        print(f"{k:<15} {v:.4f}{'   <- primary metric' if k == primary else ''}")
-    if cli.trainer.log_dir:
-        print(f"run folder      {cli.trainer.log_dir}")
-    return summary
+def explain(error: BaseException) -> str:
+    """The paragraph the console script prints for an error: what is wrong (the
+    message names the file, record or option), and how to see more."""
+    from peftlab.errors import PeftlabError
+
+    message = str(error).strip() or type(error).__name__
+    if isinstance(error, PeftlabError):
+        return f"peftlab: error: {message}\n(--traceback shows where it was raised)"
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return f"peftlab: error: {type(error).__name__}: {message}\n(--traceback shows where it was raised)"
+    return (f"peftlab: error: {type(error).__name__}: {message}\n(an unexpected error, perhaps a bug in peftlab "
+            f"or a library: run again with --traceback and report the traceback)")
 
 
-def recipe_main(argv: list[str], setups_dir: Path, setups: tuple[str, ...], title: str) -> dict[str, Any]:
-    """What a domain recipe script runs: ``--setup NAME`` prepends
-    ``setups_dir/NAME.yaml`` (a published setup); every other argument goes to
-    :func:`fit_and_test` as for ``peftlab fit``."""
-    if "--setup" in argv:
-        i = argv.index("--setup")
-        name = argv[i + 1] if i + 1 < len(argv) else ""
-        if name not in setups:
-            raise SystemExit(f"--setup must be one of {', '.join(setups)}, got {name!r}")
-        argv = ["--config", str(setups_dir / f"{name}.yaml")] + argv[:i] + argv[i + 2:]
-    return fit_and_test(argv, title=title)
+def console_main(argv: list[str] | None = None) -> int:
+    """The ``peftlab`` console script: :func:`main`, with errors explained in one
+    paragraph on stderr (exit status 1); the traceback with ``--traceback``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv or os.environ.get("PEFTLAB_TRACEBACK", "") not in ("", "0")
+    argv = [a for a in argv if a != "--traceback"]
+    try:
+        code: Any = main(argv)
+    except KeyboardInterrupt:
+        print("peftlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the console script's one place for messages
+        if show_traceback:
+            traceback.print_exc()
+        print(explain(error), file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+def __getattr__(name: str) -> Any:
+    """Old import paths: ``peftlab.cli.PeftLabCLI``, ``fit_and_test``, ``recipe_main``."""
+    if name in ("PeftLabCLI", "PeftLabArgumentParser"):
+        from peftlab import lightning_cli
+
+        return getattr(lightning_cli, name)
+    if name in ("fit_and_test", "recipe_main"):
+        from peftlab import experiment
+
+        return getattr(experiment, name)
+    raise AttributeError(f"module 'peftlab.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(console_main(sys.argv[1:]))

@@ -24,21 +24,11 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from peftlab.errors import DataError  # noqa: F401 (re-exported: peftlab.data.DataError)
+
 TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classification")
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -100  # label value that losses and metrics skip (padding, special tokens)
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the record and what is wrong."""
-
-    def __init__(self, path: Any, record: Any, problem: str):
-        self.path, self.record, self.problem = str(path), record, problem
-        where = f"{path}" if record is None else f"{path}, record {record}"
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self):  # so the error survives DataLoader workers (they pickle exceptions)
-        return type(self), (self.path, self.record, self.problem)
 
 
 def _not_utf8(path: Any) -> DataError:
@@ -462,6 +452,10 @@ class PeftDataModule(L.LightningDataModule):
         """The Dataset for one split's records (override to decode files or apply
         transforms per item, e.g. MONAI datasets; ``collate`` then gets its items)."""
         return _ListDataset(records)
+
+    #: the batch keys this module's batches give the backbone (``tokens``, ``images``, ``waveforms``);
+    #: checked against the backbone's ``input_keys`` before anything runs (``None``: not declared)
+    input_keys: tuple[str, ...] | None = None
 
     #: the training loader hands the dataset ``(epoch, index)`` keys (:class:`EpochTaggedBatchSampler`), so
     #: that a domain seeds each item's augmentation per (seed, epoch, item) with :func:`item_seed`

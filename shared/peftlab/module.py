@@ -10,9 +10,10 @@ import torch
 import random
 from torch import Tensor
 
-from peftlab.backbone import Backbone
+from peftlab.backbone import Backbone, check_backbone_reads_data
 from peftlab.cache import FeatureCache
 from peftlab.distributed import unwrapped_name
+from peftlab.errors import BackboneMismatchError, CheckpointFileError, NonFiniteLossError  # noqa: F401 (re-exported)
 from peftlab.heads import TaskHead
 from peftlab.methods import LoRA, Method, count_parameters
 from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
@@ -20,18 +21,6 @@ from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
 CHECKPOINT_KEY = "peftlab"
 FORMAT_VERSION = 1
 LOADED_FROM_KEY = "_peftlab_loaded_from"  # set by peftlab.checkpoint's loader: the file, for messages
-
-
-class BackboneMismatchError(ValueError):
-    """An adapter or checkpoint was trained on another backbone than the one given."""
-
-
-class CheckpointFileError(ValueError):
-    """A checkpoint file is missing, truncated, altered, unsafe or not peftlab's."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (or non-finite trained weights)."""
 
 
 def check_finite_loss(module: L.LightningModule, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
@@ -164,6 +153,12 @@ class PeftModule(L.LightningModule):
                 "backbone_trainable_params": count_parameters(self.backbone, trainable_only=True),
                 "trainable_share": trainable / max(1, count_parameters(self))}
 
+    def setup(self, stage: str) -> None:
+        # before any batch: a backbone that cannot read the data module's batches is a config error
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            check_backbone_reads_data(self.backbone, datamodule)
+
     # ---- forward and steps ---------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
         if self.feature_cache is not None:
@@ -190,7 +185,8 @@ class PeftModule(L.LightningModule):
 
     def _log_metrics(self, metrics) -> None:
         """Log every metric as scalars: a vector (per class, label or output)
-        becomes ``<name>/<label name or index>``."""
+        becomes ``<name>/<label name or index>``. The primary validation metric
+        (the one that selects checkpoints) also goes to the progress bar."""
         values = {}
         for name, value in metrics.compute().items():
             value = value.float()
@@ -200,6 +196,9 @@ class PeftModule(L.LightningModule):
             names = self.label_names if self.label_names and len(self.label_names) == len(value) else None
             for i, v in enumerate(value):
                 values[f"{name}/{names[i] if names else i}"] = v
+        primary = f"val/{self.primary_metric}"
+        if primary in values:
+            self.log(primary, values.pop(primary), prog_bar=True)
         self.log_dict(values)
         metrics.reset()
 

@@ -27,11 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab.errors import QuantizationUnavailableError
+
 QUANT_TYPES = ("nf4", "fp4")
-
-
-class QuantizationUnavailableError(RuntimeError):
-    """4-bit quantisation was asked for where bitsandbytes or CUDA is missing."""
 
 
 def require_bitsandbytes(quant_type: str = "nf4") -> Any:

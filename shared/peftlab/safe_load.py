@@ -26,13 +26,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from peftlab.module import CheckpointFileError
+from peftlab.errors import CheckpointFileError, UnsafeWeightsError
 
 __all__ = ["UnsafeWeightsError", "hub_cache_file", "load_hub_weights", "load_weights_file", "refusing_unsafe_pickles"]
-
-
-class UnsafeWeightsError(CheckpointFileError):
-    """A weights file holds pickled objects that weights-only loading refuses (they could run code)."""
 
 
 def hub_cache_file(url_or_name: str) -> Path:
@@ -116,16 +112,22 @@ def load_weights_file(path: str | os.PathLike, what: str = "weights file", allow
         raise CheckpointFileError(f"{path}: not a readable {what}, truncated or corrupted ({first_line(e)})") from e
 
 
-def load_hub_weights(url: str, what: str = "weights file", allowed: Iterable[Any] = ()) -> Any:
+def load_hub_weights(url: str, what: str = "weights file", allowed: Iterable[Any] = (),
+                     offline_fix: str | None = None) -> Any:
     """``torch.hub.load_state_dict_from_url`` in weights-only mode (plus exactly ``allowed``), on the CPU:
-    the file in torch.hub's cache if it is there, else downloaded into it."""
+    the file in torch.hub's cache if it is there, else downloaded into it. Offline, a missing file is a
+    :class:`peftlab.errors.WeightsUnavailableError` (see :mod:`peftlab.hub`) whose advice is
+    ``offline_fix`` (default: where to put the file)."""
+    from peftlab.hub import weights_unavailable
+
     allowed = list(allowed)
     file = hub_cache_file(url)
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
     except urllib.error.URLError as e:
-        raise OSError(f"could not download {url} ({e.reason}); offline, put the file at {file}") from None
+        raise weights_unavailable(f"{what} {file.name} (from {url})", e,
+                                  offline_fix or f"copy the file to {file} (torch.hub's cache)") from None
     except pickle.UnpicklingError as e:
         raise unsafe_weights_error(file, e, what, allowed) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:

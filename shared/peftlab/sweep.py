@@ -86,6 +86,9 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from peftlab.errors import SweepConfigError
+from peftlab.tasks import lower_is_better
+
 CELLS_DIR = "cells"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -99,17 +102,12 @@ COLUMNS = [
     "task", "backbone", "method", "seed", "status", "error", "primary_metric", "primary_value",
     "trainable_params", "total_params", "backbone_params", "trainable_share", "trainable_pct_of_backbone",
     "adapter_bytes", "peak_memory_mb", "peak_memory_kind", "peak_memory_growth_mb", "ms_per_step", "samples_per_s",
-    "fit_seconds", "cell_seconds", "backbone_name", "run_dir", "args_hash",
+    "fit_seconds", "cell_seconds", "backbone_name", "checkpoint", "run_dir", "args_hash",
 ]
-LOWER_IS_BETTER = ("mse", "mae", "loss", "rmse", "error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = {"root", "output", "seeds", "data_seed", "cell_timeout_s", "configs", "overrides",
              "backbones", "tasks", "methods", "exclude"}
 _ENTRY_KEYS = {"name", "configs", "overrides"}
-
-
-class SweepConfigError(ValueError):
-    """The sweep YAML is malformed (names the file and the key)."""
 
 
 # ---- the sweep definition ------------------------------------------------------------------
@@ -428,7 +426,7 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     start = time.perf_counter()
     try:
         from peftlab.callbacks import proc_status_mb
-        from peftlab.cli import fit_and_test
+        from peftlab.experiment import fit_and_test
         from peftlab.metrics import PRIMARY_METRIC
 
         baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
@@ -479,11 +477,21 @@ def _row_from_result(cell: Cell, result: dict[str, Any], output: Path) -> dict[s
             peak_memory_kind=summary["peak_memory_kind"],
             peak_memory_growth_mb=summary.get("peak_memory_growth_mb"), ms_per_step=1000 * summary["s_per_step"],
             samples_per_s=summary["samples_per_s"], fit_seconds=summary["fit_seconds"],
-            backbone_name=summary["backbone"],
+            backbone_name=summary["backbone"], checkpoint=_checkpoint_label(summary.get("checkpoint")),
             run_dir=os.path.relpath(result["run_dir"], output),
         )
         row.update(summary["test"])
     return row
+
+
+def _checkpoint_label(selection: dict[str, Any] | None) -> str:
+    """The selected checkpoint in a results row: ``best val/auroc (max) epoch=3-step=40`` or ``last``."""
+    if not selection:
+        return ""
+    if selection.get("selected") == "best":
+        name = Path(selection.get("path") or "").stem.removeprefix("best-")
+        return f"best {selection.get('monitor')} ({selection.get('mode')}) {name}".strip()
+    return str(selection.get("selected", ""))
 
 
 # ---- the sweep (the parent process) -----------------------------------------------------------
@@ -685,12 +693,6 @@ def _bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of this metric is better (errors, losses)."""
-    name = metric.rsplit("/", 1)[-1]
-    return any(name == m or name.startswith(m + "_") for m in LOWER_IS_BETTER)
-
-
 @dataclass
 class _Group:
     """The seeds of one (backbone, method) row of a task table."""
@@ -735,7 +737,11 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
         metrics = sorted({r["primary_metric"] for r in task_rows if r.get("primary_metric")})
         metric = metrics[0] if metrics else (f"test/{task.metric}" if task.metric else "primary metric")
         direction = "lower" if lower_is_better(metric) else "higher"
-        lines += [f"## {task.name}", "", f"{metric} ({direction} is better)", ""]
+        chosen = sorted({r["checkpoint"].split(" epoch=")[0] for r in task_rows if r.get("checkpoint")})
+        selection = ("the test metric is that of the checkpoint selected on validation: "
+                     + ", ".join(f"`{c}`" for c in chosen) + " (`last` = no validation metric monitored, the "
+                     "final state)") if chosen else "checkpoint: -"
+        lines += [f"## {task.name}", "", f"{metric} ({direction} is better); {selection}", ""]
         head = ["backbone"] if sweep.backbones else []
         lines.append("| " + " | ".join(head + ["method", metric.removeprefix("test/"), "trainable params",
                                                   "adapter size", "peak memory MB", "ms/step", "samples/s"]) + " |")

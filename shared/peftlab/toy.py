@@ -56,9 +56,12 @@ class ToyBlock(nn.Module):
 
 
 class ToyTransformer(Backbone):
-    """Args: vocab_size, dim, depth, heads, mlp_ratio, max_len, seed (random init),
+    """A tiny batch-first transformer over token ids (tests, and an example of the Backbone contract).
+
+    Args: vocab_size, dim, depth, heads, mlp_ratio, max_len, seed (random init),
     gradient_checkpointing (see :mod:`peftlab.backbone`)."""
 
+    input_keys = ("tokens",)
     seq_dim = 1
     num_prefix_tokens = 1
     blocks_path = "layers"  # (not "blocks": that name is the contract's accessor)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from peftlab.cli import recipe_main
+from peftlab.experiment import recipe_main
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "medical"
 SETUPS = ("melo",)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from peftlab.cli import recipe_main
+from peftlab.experiment import recipe_main
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "protein"
 SETUPS = ("sledzieski2024", "schmirler2024")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from peftlab.cli import recipe_main
+from peftlab.experiment import recipe_main
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "speech"
 SETUPS = ("chen2022_hubert_adapters", "peft_ser_wavlm_lora")

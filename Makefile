@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	touch $@
 
 # the embedded-default paper table: 3 domains x 6 methods on tiny random-init backbones and built-in tasks
+# (DEMO_ARGS: extra sweep options, e.g. DEMO_ARGS="--output /tmp/demo --set trainer.max_epochs=1")
 demo: setup
-	$(VENV)/bin/peftlab sweep --config configs/paper/demo_cpu.yaml
+	$(VENV)/bin/peftlab sweep --config configs/paper/demo_cpu.yaml $(DEMO_ARGS)
 
 test: setup
 	$(VENV)/bin/pytest

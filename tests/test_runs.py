@@ -122,7 +122,8 @@ def test_evaluation_writes_into_the_run_it_evaluates_and_opens_no_new_version(tm
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
     record = json.loads((run / "test_metrics.json").read_text())
     assert record["checkpoint"] == str(last) and record["data"] == {
-        "module": "SyntheticMotifDataModule", "source": "built in (synthetic)", "split": "test", "examples": 4}
+        "module": "SyntheticMotifDataModule", "source": "built in (synthetic)", "split": "test", "split_size": 4,
+        "examples": 4}
     assert "random init" in record["backbone"] and set(record["metrics"]) >= {"test/auroc", "test/loss"}
     predictions = rows(run / "predictions.csv")
     assert [list(r) for r in predictions[:1]] == [["id", "probability", "predicted"]] and len(predictions) == 4

@@ -200,8 +200,24 @@ class EvaluationRecord(L.Callback):
     """After ``test`` / ``validate``: ``<run folder>/test_metrics.json`` (or
     ``validate_metrics.json``) with the metrics, the checkpoint that produced
     them, the backbone (random-init tiny backbones say so) and the data
-    (module, source, split and its size), so that a number never travels
-    without where it came from."""
+    (module, source, split, its size and how many of its examples the metrics
+    saw: fewer when ``limit_test_batches`` cut the split), so that a number
+    never travels without where it came from."""
+
+    def __init__(self) -> None:
+        self.examples = 0
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.examples = 0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.examples = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.examples += len(batch["ids"])
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.examples += len(batch["ids"])
 
     def on_test_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self._write(trainer, pl_module, "test")
@@ -211,7 +227,10 @@ class EvaluationRecord(L.Callback):
             self._write(trainer, pl_module, "val")
 
     def _write(self, trainer: L.Trainer, pl_module: Any, split: str) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        seen = trainer.strategy.reduce(torch.tensor(float(self.examples)), reduce_op="sum")  # every rank's share
+        if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
         data = trainer.datamodule
@@ -222,13 +241,16 @@ class EvaluationRecord(L.Callback):
             "backbone": pl_module.backbone.name, "method": repr(pl_module.method),
             "data": {"module": type(data).__name__ if data is not None else None,
                      "source": str(getattr(data, "path", None) or "built in (synthetic)"),
-                     "split": split, "examples": sizes.get(split)},
+                     "split": split, "split_size": sizes.get(split), "examples": int(seen)},
         }
         name = "test_metrics.json" if split == "test" else "validate_metrics.json"
         path = run_folder(trainer) / name
         text = json.dumps(record, indent=2, sort_keys=True)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         self.written_path = path
+        source = Path(trainer.ckpt_path).name if trainer.ckpt_path else "the in-memory weights"
+        pl_module.print(f"peftlab: {split} metrics of {source} on {int(seen)} of the {sizes.get(split)} {split} "
+                        f"examples written to {path}")
 
 
 def proc_status_mb(field_name: str) -> float | None:

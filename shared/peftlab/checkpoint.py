@@ -399,6 +399,8 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     if kinds:
         raise AdapterFileError(f"{weights_path}: tensor types do not match: {'; '.join(kinds[:3])}")
     module.load_state_dict(tensors, strict=False)
+    #: which checkpoint of its run the adapter holds, and why it was selected (None for older adapters)
+    module.adapter_checkpoint = meta.get("checkpoint")
     return module.eval()  # for inference: dropout off (train() turns it back on)
 
 

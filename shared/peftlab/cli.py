@@ -72,6 +72,7 @@ def main(args: list[str] | None = None) -> int | None:
 
         raise ConfigError(f"unknown command {command!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                           + f" (commands: {', '.join(COMMANDS)})")
+    argv = with_run_config(argv)
     from peftlab.catalog import check_class_references, import_domains, needs_domain_classes
 
     if needs_domain_classes(argv):  # short class names, help: the domains' classes must be known
@@ -84,6 +85,26 @@ def main(args: list[str] | None = None) -> int | None:
     finally:
         _leave_process_group()
     return None
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+    """A command that names a run (``--run_dir DIR``) and no ``--config`` gets the run's own
+    ``DIR/config.yaml`` (what its fit resolved), so ``peftlab test --run_dir DIR`` is enough.
+    Other options on the command line still apply over it."""
+    if argv[0] not in LIGHTNING_COMMANDS or any(a in ("--config", "-c") or a.startswith("--config=") for a in argv):
+        return argv
+    run_dir = next((a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+                    for i, a in enumerate(argv) if a == "--run_dir" or a.startswith("--run_dir=")), None)
+    if not run_dir:
+        return argv
+    saved = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        from peftlab.errors import RunFolderError
+
+        raise RunFolderError(f"--run_dir {run_dir}: no config.yaml there (a fit with --run_dir {run_dir} writes "
+                             f"it); give the configs with --config, or the right run folder")
+    print(f"peftlab: using {saved}")
+    return [argv[0], "--config", saved, *argv[1:]]
 
 
 def list_main(argv: list[str]) -> int:
@@ -135,6 +156,9 @@ def console_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a pager or `head` that closed it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:  # noqa: BLE001 - the console script's one place for messages
         if show_traceback:
             traceback.print_exc()

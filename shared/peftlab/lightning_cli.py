@@ -239,6 +239,12 @@ def quiet_libraries() -> None:
 
 
 def build_cli(args: list[str] | None, run: bool = True) -> PeftLabCLI:
+    """The CLI over ``args`` (``fit ...`` etc.; with ``run=False``, a fit's arguments without the
+    subcommand, built but not run). A fit records its config as ``config.yaml`` in its run folder;
+    evaluation commands record theirs beside it (``test_config.yaml`` ...), never over it."""
     quiet_libraries()
+    subcommand = args[0] if run and args else None
+    name = "config.yaml" if subcommand in (None, "fit") else f"{subcommand}_config.yaml"
     return PeftLabCLI(PeftModule, PeftDataModule, subclass_mode_data=True, run=run, args=args,
-                      save_config_kwargs={"overwrite": True})
+                      parser_kwargs={"prog": "peftlab"},
+                      save_config_kwargs={"overwrite": True, "config_filename": name})

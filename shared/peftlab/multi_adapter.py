@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from peftlab.backbone import Backbone
+from peftlab.backbone import Backbone, check_backbone_reads_data
 from peftlab.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, build_method_from_spec, head_options,
                                 import_class, load_adapter, read_adapter_config, read_adapter_weights)
 from peftlab.module import BackboneMismatchError, PeftModule, check_identity, shape_mismatches
@@ -378,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"{ns.backbone_config}: no backbone (model: backbone: class_path / init_args)")
             backbone = build_backbone(spec, Path(ns.backbone_config), trusted=True)
         model = MultiAdapterModel(_parse_adapters(ns.adapters), backbone=backbone, force=ns.force)
+        for name in model.names:  # before any batch: a backbone that cannot read this data's batches
+            check_backbone_reads_data(model.module(name).backbone, datamodule)
     except (BackboneMismatchError, AdapterFileError, ValueError, FileNotFoundError, KeyError,
             argparse.ArgumentError) as e:
         print(f"peftlab predict-adapters: error: {e}", file=sys.stderr)

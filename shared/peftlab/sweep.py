@@ -1,7 +1,7 @@
 """``peftlab sweep``: run a paper-style grid (task x backbone x method x seed)
 and write the table, the CSV and the plots.
 
-    peftlab sweep --config configs/paper/demo_cpu.yaml [--output DIR] [--dry-run]
+    peftlab sweep --config configs/paper/demo_cpu.yaml [--output DIR] [--dry-run] [--set KEY=VALUE ...]
 
 The sweep YAML (``configs/paper/*.yaml``; every file there explains it in its
 header) has these keys::
@@ -162,6 +162,7 @@ class Sweep:
     tasks: list[Entry]
     methods: list[Entry]
     exclude: list[dict[str, Any]] = field(default_factory=list)
+    command_overrides: tuple[tuple[str, Any], ...] = ()  # ``--set KEY=VALUE``: after everything else
 
     @property
     def name(self) -> str:
@@ -199,7 +200,7 @@ class Sweep:
 
     def _cell(self, task: Entry, backbone: Entry, method: Entry, seed: int) -> Cell:
         configs = [*self.configs, *backbone.configs, *task.configs, *method.configs]
-        overrides = [*self.overrides, *backbone.overrides, *task.overrides, *method.overrides]
+        overrides = [*self.overrides, *backbone.overrides, *task.overrides, *method.overrides, *self.command_overrides]
         args = [a for c in configs for a in ("--config", str(c))]
         args.append("--trainer.enable_progress_bar=false")  # a log file, not a terminal; overridable
         args += [f"--{k}={format_value(v)}" for k, v in overrides]
@@ -277,8 +278,10 @@ def _entries(raw: Any, root: Path, where: str, is_task: bool = False, required: 
     return entries
 
 
-def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> Sweep:
-    """Parse and check a sweep YAML (see the module doc). ``output`` replaces its ``output``."""
+def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+               overrides: Sequence[tuple[str, Any]] = ()) -> Sweep:
+    """Parse and check a sweep YAML (see the module doc). ``output`` replaces its ``output``;
+    ``overrides`` (``--set``) come after every override of the YAML, for every cell."""
     path = Path(path).resolve()
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -307,6 +310,7 @@ def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | No
         cell_timeout_s=float(timeout) if timeout is not None else None,
         configs=_configs(raw.get("configs"), root, f"{where}: configs"),
         overrides=_overrides(raw.get("overrides"), f"{where}: overrides"),
+        command_overrides=tuple(overrides),
         backbones=_entries(raw.get("backbones"), root, f"{where}: backbones", required=False),
         tasks=_entries(raw.get("tasks"), root, f"{where}: tasks", is_task=True),
         methods=_entries(raw.get("methods"), root, f"{where}: methods"),
@@ -890,6 +894,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="the sweep YAML (configs/paper/*.yaml)")
     parser.add_argument("--output", help="results folder (default: the YAML's output, relative to its root)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their arguments; run nothing")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="an override for every cell, after the YAML's own (repeatable), e.g. --set "
+                             "trainer.accelerator=gpu or --set trainer.max_epochs=1; changes the cells' arguments, "
+                             "so finished cells run again")
     parser.add_argument("--run-cell", metavar="DIR", help=argparse.SUPPRESS)  # internal: the child process
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.run_cell:
@@ -897,11 +905,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not ns.config:
         parser.error("--config is required")
     try:
-        sweep = load_sweep(ns.config, ns.output)
+        sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
     except SweepConfigError as exc:
         parser.error(str(exc))
     report = run_sweep(sweep, dry_run=ns.dry_run)
     return 1 if report.failed or (not ns.dry_run and _any_failed(sweep)) else 0
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``; the value is read as YAML (numbers, booleans, null, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SweepConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. trainer.max_epochs=1")
+    return key.strip().removeprefix("--"), yaml.safe_load(value) if value.strip() else value
 
 
 def _any_failed(sweep: Sweep) -> bool:

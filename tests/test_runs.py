@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -69,6 +70,28 @@ def test_last_ckpt_is_the_final_state_and_the_best_is_kept_beside_it(monitored):
     assert sorted(p.name for p in (monitored / "checkpoints").iterdir()) == [best, "last.ckpt"]
     assert load_checkpoint_file(monitored / "checkpoints" / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
     assert load_checkpoint_file(monitored / "checkpoints" / best)["global_step"] == STEPS_PER_EPOCH * (best_epoch + 1)
+
+
+class LastCheckpointWatcher(L.Callback):
+    """Reads last.ckpt's step when each epoch after the first starts (the previous one is saved by then)."""
+
+    def __init__(self, run: Path) -> None:
+        self.run, self.steps = run, []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self.steps.append(load_checkpoint_file(self.run / "checkpoints" / "last.ckpt")["global_step"])
+
+
+def test_last_ckpt_is_the_latest_state_during_training_too(tmp_path):
+    """Lightning's save_last next to a monitor rewrote last.ckpt only when the best improved; here the
+    best stays epoch 0 (the worst validation loss), and last.ckpt must still follow every epoch."""
+    cli = build_cli([*RUN, *MONITOR, f"--run_dir={tmp_path / 'run'}"], run=False)
+    watcher = LastCheckpointWatcher(tmp_path / "run")
+    cli.trainer.callbacks.append(watcher)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert watcher.steps == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH
 
 
 def test_the_adapter_is_exported_from_the_selected_checkpoint_and_says_which(monitored):

@@ -34,6 +34,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from peftlab.callbacks import AdapterExport, EvaluationRecord, PredictionCSVWriter, RunFeedback
 from peftlab.checkpoint import load_checkpoint_file, use_atomic_checkpoint_io
@@ -94,7 +95,7 @@ class PeftLabCLI(LightningCLI):
         if not ckpt_path or ckpt_path in LIGHTNING_KEYWORDS or "://" in ckpt_path:
             return
         checkpoint = load_checkpoint_file(ckpt_path)  # also: a missing file is an error naming it
-        if self.resuming and self.run_dir is not None:
+        if self.resuming and self.run_dir is not None and rank_zero_only.rank == 0:  # (launched ranks parse too)
             dropped = drop_metric_rows_after(self.run_dir, int(checkpoint.get("global_step", 0)))
             if dropped:
                 print(f"peftlab: {dropped} metric row(s) of {self.run_dir / 'metrics.csv'} logged after the "
@@ -123,7 +124,7 @@ class PeftLabCLI(LightningCLI):
             path, run = resolve_checkpoint(ckpt_path, run_dir, root)
             config.ckpt_path, self.run_dir = str(path), run
             self.resuming = subcommand == "fit"
-            if self.resuming:
+            if self.resuming and rank_zero_only.rank == 0:
                 print(f"peftlab: resuming the run in {run} from {path.name}")
             return str(path)
         if subcommand == "fit":

@@ -1,0 +1,218 @@
+"""The sweep's tables (``results.md``: one per task, mean +- sample std over the seeds) and plots
+(metric against trainable share with the Pareto front; memory and time per method)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from peftlab.sweep.config import Sweep
+from peftlab.tasks import lower_is_better
+
+
+def _float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, std, len(vals)
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+@dataclass
+class _Group:
+    """The seeds of one (backbone, method) row of a task table."""
+    backbone: str
+    method: str
+    rows: list[dict[str, str]]
+
+    def ok(self) -> list[dict[str, str]]:
+        return [r for r in self.rows if r.get("status") == "ok"]
+
+    def stat(self, key: str) -> tuple[float | None, float | None, int]:
+        return _mean_std(_float(r.get(key)) for r in self.ok())
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone} / {self.method}" if self.backbone else self.method
+
+def _groups(sweep: Sweep, rows: Sequence[dict[str, str]], task: str) -> list[_Group]:
+    groups: list[_Group] = []
+    for backbone in [b.name for b in sweep.backbones] or [""]:
+        for method in [m.name for m in sweep.methods]:
+            mine = [r for r in rows if r.get("task") == task and r.get("backbone", "") == backbone
+                    and r.get("method") == method]
+            if mine:
+                groups.append(_Group(backbone, method, mine))
+    return groups
+
+def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
+    """One Markdown table per task: mean +- sample std over the seeds."""
+    kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
+    lines = [f"# {sweep.name}", "",
+             f"Sweep `{show_path(sweep.path, sweep.root)}`, {len(sweep.seeds)} seed(s) {sweep.seeds}; machine: "
+             f"{platform.machine()}, {os.cpu_count()} CPU cores. Metric: mean ± sample std over the seeds "
+             "(n = seeds that finished). Trainable params: trained parameters, head included, and their share of "
+             "the backbone's parameters. Peak memory: " + (", ".join(kinds) or "-") + " (cpu_peak_rss = the cell "
+             "process's peak resident set, in brackets its growth over the process after importing torch and "
+             "Lightning; cuda_max_allocated = torch's CUDA max allocated). Cost columns: means over the seeds.", ""]
+    for task in sweep.tasks:
+        task_rows = [r for r in rows if r.get("task") == task.name]
+        metrics = sorted({r["primary_metric"] for r in task_rows if r.get("primary_metric")})
+        metric = metrics[0] if metrics else (f"test/{task.metric}" if task.metric else "primary metric")
+        direction = "lower" if lower_is_better(metric) else "higher"
+        chosen = sorted({r["checkpoint"].split(" epoch=")[0] for r in task_rows if r.get("checkpoint")})
+        selection = ("the test metric is that of the checkpoint selected on validation: "
+                     + ", ".join(f"`{c}`" for c in chosen) + " (`last` = no validation metric monitored, the "
+                     "final state)") if chosen else "checkpoint: -"
+        lines += [f"## {task.name}", "", f"{metric} ({direction} is better); {selection}", ""]
+        head = ["backbone"] if sweep.backbones else []
+        lines.append("| " + " | ".join(head + ["method", metric.removeprefix("test/"), "trainable params",
+                                                  "adapter size", "peak memory MB", "ms/step", "samples/s"]) + " |")
+        lines.append("|" + "---|" * len(head) + "---|---:|---:|---:|---:|---:|---:|")
+        for g in _groups(sweep, task_rows, task.name):
+            first = [g.backbone] if sweep.backbones else []
+            failed = [r for r in g.rows if r.get("status") != "ok"]
+            if not g.ok():
+                err = failed[0].get("error", "") if failed else ""
+                lines.append("| " + " | ".join(first + [g.method, f"failed: {_md(err)}"] + ["-"] * 5) + " |")
+                continue
+            mean, std, n = g.stat("primary_value")
+            if mean is None:  # the metric was NaN for every seed (e.g. a constant prediction)
+                value = f"nan (n={len(g.ok())})"
+            else:
+                value = (f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}") + f" (n={n})"
+            if failed:
+                value += f"; {len(failed)} seed(s) failed: {_md(failed[0].get('error', ''))}"
+            params, _, _ = g.stat("trainable_params")
+            pct, _, _ = g.stat("trainable_pct_of_backbone")
+            size, _, _ = g.stat("adapter_bytes")
+            mem, _, _ = g.stat("peak_memory_mb")
+            growth, _, _ = g.stat("peak_memory_growth_mb")
+            ms, ms_std, _ = g.stat("ms_per_step")
+            sps, _, _ = g.stat("samples_per_s")
+            lines.append("| " + " | ".join(first + [
+                g.method, value, f"{params:,.0f} ({pct:.3g}%)" if params is not None else "-", _bytes(size),
+                (f"{mem:,.0f}" + (f" (+{growth:,.0f})" if growth is not None else "")) if mem is not None else "-",
+                (f"{ms:.1f} ± {ms_std:.1f}" if ms_std is not None else f"{ms:.1f}") if ms is not None else "-",
+                f"{sps:.1f}" if sps is not None else "-"]) + " |")
+        for t, backbone, method, reason in sweep.excluded_cells():
+            if t == task.name:
+                lines.append(f"\nNot run: {' / '.join(p for p in (backbone, method) if p)} (excluded in the sweep "
+                             f"config{': ' + reason if reason else ''}).")
+        lines.append("")
+    return "\n".join(lines)
+
+def show_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+def pareto_front(points: Sequence[tuple[float, float]], lower_better: bool = False) -> list[int]:
+    """Indices of the points no other point beats: fewer (or as many) trainable
+    parameters and a better (or equal) metric, one of them strictly."""
+    sign = -1.0 if lower_better else 1.0
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and sign * y2 >= sign * y) and (x2 < x or sign * y2 > sign * y)
+            for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+def make_plots(sweep: Sweep, rows: Sequence[dict[str, str]], out: Path) -> list[Path]:
+    """Per task: metric vs trainable share (log x, Pareto front marked) and the
+    cost bars (peak memory, ms/step). Needs matplotlib (the ``bench`` extra);
+    without it the plots are skipped with a note."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed (pip install 'peftlab[bench]'), no plots written")
+        return []
+    written: list[Path] = []
+    for task in sweep.tasks:
+        groups = [g for g in _groups(sweep, rows, task.name) if g.ok()]
+        if not groups:
+            continue
+        metric = groups[0].ok()[0].get("primary_metric", "metric")
+        pts, labels, errs = [], [], []
+        for g in groups:
+            share, _, _ = g.stat("trainable_share")
+            mean, std, _ = g.stat("primary_value")
+            if share is not None and share > 0 and mean is not None:
+                pts.append((share, mean))
+                errs.append(std or 0.0)
+                labels.append(g.label)
+        if pts:
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", ecolor="0.6", capsize=3, label="method")
+            for x, y, lab in zip(xs, ys, labels):
+                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            front = pareto_front(pts, lower_is_better(metric))
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:red", lw=1.5, zorder=0)
+            ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=120, facecolors="none",
+                       edgecolors="tab:red", label="Pareto front")
+            ax.set_xscale("log")
+            ax.set_xlabel("trainable share of all parameters (log)")
+            ax.set_ylabel(f"{metric} (mean over seeds)")
+            ax.set_title(f"{sweep.name}: {task.name}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out / f"{task.name}_pareto.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+        fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(max(6.4, 1.1 * len(groups) + 3), 4.0))
+        names = [g.label for g in groups]
+        x = list(range(len(groups)))
+        for ax, key, title in ((ax_mem, "peak_memory_mb", "peak memory (MB)"),
+                               (ax_time, "ms_per_step", "time per step (ms)")):
+            stats = [g.stat(key) for g in groups]
+            means = [m or 0.0 for m, _, _ in stats]
+            stds = [s or 0.0 for _, s, _ in stats]
+            growth = [g.stat("peak_memory_growth_mb")[0] for g in groups] if key == "peak_memory_mb" else []
+            if growth and all(v is not None for v in growth):  # CPU: the process after imports, then the run
+                base = [m - v for m, v in zip(means, growth)]
+                ax.bar(x, base, color="0.8", label="process after imports")
+                ax.bar(x, growth, bottom=base, color="tab:blue", label="growth during the run")
+                ax.legend(fontsize=7, loc="lower right")
+            else:
+                ax.bar(x, means, color="tab:blue")
+            if any(stds):
+                ax.errorbar(x, means, yerr=stds, fmt="none", ecolor="black", capsize=3)
+            ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+            ax.set_title(title)
+            ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle(f"{sweep.name}: {task.name} (cost per method)")
+        fig.tight_layout()
+        path = out / f"{task.name}_cost.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

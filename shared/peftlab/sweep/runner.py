@@ -1,0 +1,184 @@
+"""The sweep's parent process: runs every cell not yet recorded as ok, each in a subprocess (a crash,
+a timeout or a kill ends that cell only), keeps ``results.csv`` current, then writes the tables and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab.persistence.atomic import atomic_write_text
+from peftlab.sweep.cell import PARENT_ENV, one_line, write_json
+from peftlab.sweep.config import Cell, Sweep
+from peftlab.sweep.report import make_plots, render_markdown, show_path
+from peftlab.sweep.results import (CELL_LOG, CELL_RESULT, CELL_SPEC, CELLS_DIR, RESULTS_CSV, RESULTS_MD, read_results,
+                                   row_from_result, row_key, write_results)
+
+
+@dataclass
+class SweepReport:
+    """What one invocation did: which cells it launched and which it skipped."""
+    output: Path
+    launched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    markdown: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+
+class _Interrupted(Exception):
+    pass
+
+def _launch(cell: Cell, sweep: Sweep, cell_dir: Path) -> dict[str, Any]:
+    """Run one cell in a subprocess; return its result (an error result when the
+    subprocess died without writing one)."""
+    if cell_dir.exists():
+        shutil.rmtree(cell_dir)  # a failed or stale earlier attempt
+    cell_dir.mkdir(parents=True)
+    write_json(cell_dir / CELL_SPEC, {
+        "label": cell.label, "task": cell.task, "backbone": cell.backbone, "method": cell.method,
+        "seed": cell.seed, "metric": cell.metric, "args": list(cell.args), "cwd": str(sweep.root),
+        "equivalent_command": "peftlab fit " + shlex.join([*cell.args, f"--trainer.default_root_dir={cell_dir}"])
+                              + "  # then test",
+    })
+    env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+    command = [sys.executable, "-m", "peftlab.sweep", "--run-cell", str(cell_dir)]
+    with open(cell_dir / CELL_LOG, "wb") as log:
+        # own session: a Ctrl-C reaches only the sweep, which then stops the cell itself
+        proc = subprocess.Popen(command, cwd=sweep.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait(timeout=sweep.cell_timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            return {"status": "failed", "error": f"timed out after {sweep.cell_timeout_s:g} s (cell_timeout_s)"}
+        except BaseException:
+            _kill(proc)
+            raise
+    result_path = cell_dir / CELL_RESULT
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    return {"status": "failed", "error": one_line(f"the cell process {why} without a result; "
+                                                  f"last output: {_last_line(cell_dir / CELL_LOG)}")}
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the cell and any data loader workers
+    except (AttributeError, ProcessLookupError, PermissionError):  # no process groups (Windows), or gone
+        proc.kill()
+    proc.wait()
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
+    """Run (or, with ``dry_run``, list) every cell not yet recorded as ok, then
+    write the tables and plots."""
+    out = sweep.output
+    cells = sweep.cells()
+    csv_path = out / RESULTS_CSV
+    rows = read_results(csv_path)
+    by_key = {row_key(r): r for r in rows}
+    report = SweepReport(output=out)
+    n_axes = " x ".join([f"{len(sweep.tasks)} task(s)"]
+                        + ([f"{len(sweep.backbones)} backbone(s)"] if sweep.backbones else [])
+                        + [f"{len(sweep.methods)} method(s)", f"{len(sweep.seeds)} seed(s)"])
+    n_excluded = len(sweep.tasks) * max(1, len(sweep.backbones)) * len(sweep.methods) * len(sweep.seeds) - len(cells)
+    print(f"peftlab sweep {sweep.name}: {len(cells)} cells ({n_axes}"
+          f"{f', {n_excluded} excluded' if n_excluded else ''}) -> {out}", flush=True)
+
+    def state(cell: Cell) -> str:
+        row = by_key.get(cell.key)
+        if row is None:
+            return "pending"
+        if row.get("status") != "ok":
+            return "failed, will retry"
+        return "done" if row.get("args_hash") == cell.args_hash else "config changed, will rerun"
+
+    if dry_run:
+        for k, cell in enumerate(cells, 1):
+            print(f"[{k}/{len(cells)}] {cell.label}  ({state(cell)})  -> {CELLS_DIR}/{cell.dirname}")
+            print("    peftlab fit " + shlex.join(show_path(Path(a), sweep.root) if os.path.isabs(a) else a
+                                                  for a in cell.args))
+        for task, backbone, method, reason in sweep.excluded_cells():
+            print(f"excluded: {' / '.join(p for p in (task, backbone, method) if p)}  ({reason})")
+        return report
+
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells if state(c) != "done"]
+    start, durations, k_run = time.perf_counter(), [], 0
+    interrupted = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        for k, cell in enumerate(cells, 1):
+            if cell not in todo:
+                report.skipped.append(cell.dirname)
+                print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
+                continue
+            print(f"[{k}/{len(cells)}] {cell.label}: running ({state(cell)}) ...", flush=True)
+            t0 = time.perf_counter()
+            report.launched.append(cell.dirname)
+            result = _launch(cell, sweep, out / CELLS_DIR / cell.dirname)
+            durations.append(time.perf_counter() - t0)
+            k_run += 1
+            result["cell_seconds"] = durations[-1]  # wall time, process start included
+            row = row_from_result(cell, result, out)
+            by_key[cell.key] = row
+            rows = [r for r in rows if row_key(r) != cell.key] + [row]
+            write_results(csv_path, rows)
+            left = len(todo) - k_run
+            eta = left * sum(durations) / len(durations)
+            what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
+                    else f"FAILED: {row['error']}")
+            if row["status"] != "ok":
+                report.failed.append(cell.dirname)
+            print(f"[{k}/{len(cells)}] {cell.label}: {what} ({durations[-1]:.1f} s) | elapsed "
+                  f"{_fmt_seconds(time.perf_counter() - start)}, ETA {_fmt_seconds(eta)} "
+                  f"({left} cell(s) left)", flush=True)
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        print(f"\nsweep interrupted ({exc or 'Ctrl-C'}); {RESULTS_CSV} holds every finished cell, "
+              "run the same command again to resume", flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, interrupted)
+
+    ordered = {c.key: c for c in cells}
+    planned = [by_key[c.key] for c in cells if c.key in by_key]
+    if set(by_key) - set(ordered):
+        print(f"note: {RESULTS_CSV} also keeps {len(set(by_key) - set(ordered))} row(s) of cells that are no "
+              "longer in the sweep; the tables leave them out")
+    report.markdown = out / RESULTS_MD
+    markdown = render_markdown(sweep, planned)
+    atomic_write_text(report.markdown, markdown)
+    report.plots = make_plots(sweep, planned, out)
+    print("\n" + markdown)
+    print(f"results:  {csv_path}\ntables:   {report.markdown}")
+    for p in report.plots:
+        print(f"plot:     {p}")
+    print(f"{len(report.launched)} cell(s) run, {len(report.skipped)} skipped (done), "
+          f"{sum(r.get('status') != 'ok' for r in planned)} failed; total {_fmt_seconds(time.perf_counter() - start)}")
+    return report

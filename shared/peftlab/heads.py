@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.backbone import Features
-from peftlab.data import check_task_type
+from peftlab.tasks import check_task_type
 
 POOLINGS = ("cls", "mean", "attention")
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor
 
-from peftlab.data import IGNORE_INDEX
+from peftlab.tasks import IGNORE_INDEX
 
 PRIMARY_METRIC = {
     "regression": "spearman",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classification")
+
+IGNORE_INDEX = -100  # label value that losses and metrics skip (padding, special tokens)
+
 #: metric names (the part after ``val/`` / ``test/``) for which a smaller value is better
 LOWER_IS_BETTER = ("mse", "mae", "loss", "rmse", "error", "wer", "cer")
 
@@ -10,3 +14,9 @@ def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of this metric is better (errors, losses): ``test/mse``, ``val/loss``..."""
     name = metric.rsplit("/", 1)[-1]
     return any(name == m or name.startswith(m + "_") for m in LOWER_IS_BETTER)
+
+
+def check_task_type(task_type: str) -> str:
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+    return task_type

@@ -6,7 +6,6 @@ on the ``--ckpt_path`` paths of the CLI."""
 
 from __future__ import annotations
 
-import ast
 import csv
 import dataclasses
 import json
@@ -33,6 +32,8 @@ from peftlab.checkpoint import (AdapterFileError, AtomicCheckpointIO, Checkpoint
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader
 from peftlab_protein.synthetic import SyntheticMotifDataModule
+
+from tests.unpickling_audit import check_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -479,40 +480,71 @@ def test_an_altered_adapter_gives_an_error_naming_the_file(trained, tmp_path, ta
 
 
 def test_the_code_never_unpickles_unsafely():
-    """Audit of shared/ and domains/: every torch.load is weights-only, every
-    np.load refuses pickles, nothing calls pickle / dill / joblib loaders, and no
-    download reaches an unsafe loader: torch.hub.load_state_dict_from_url and
-    torchaudio bundles' get_model are told weights_only, transformers'
-    from_pretrained too, and fair-esm's own file-reading loaders (whose hub path
-    unpickles with weights_only=False) are never called."""
-    unsafe_esm = ("load_model_and_alphabet", "load_model_and_alphabet_hub", "load_model_and_alphabet_local",
-                  "load_hub_workaround", "load_regression_hub", "_download_model_and_regression_data")
-    problems = []
-    for path in [*(ROOT / "shared").rglob("*.py"), *(ROOT / "domains").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call):
-                continue
-            name = ast.unparse(node.func)
-            kwargs = {k.arg: ast.unparse(k.value) for k in node.keywords}
-            where = f"{path.relative_to(ROOT)}:{node.lineno}"
-            if name.endswith("torch.load") and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: torch.load without weights_only=True")
-            if name in ("np.load", "numpy.load") and kwargs.get("allow_pickle") != "False":
-                problems.append(f"{where}: np.load without allow_pickle=False")
-            if name.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle") and name.endswith(("load", "loads")):
-                problems.append(f"{where}: {name}")
-            if kwargs.get("weights_only") == "False" or kwargs.get("allow_pickle") == "True":
-                problems.append(f"{where}: unsafe loading flag")
-            if name.endswith("load_state_dict_from_url") and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: {name} without weights_only=True")
-            if name.endswith(".get_model") and "'weights_only': True" not in kwargs.get("dl_kwargs", ""):
-                problems.append(f"{where}: {name} without dl_kwargs weights_only=True")
-            if name.split(".")[-1] in unsafe_esm:
-                problems.append(f"{where}: {name} (fair-esm reads the file itself)")
-            if name.endswith("from_pretrained") and "model" in name.lower() and "config" in kwargs \
-                    and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: {name} without weights_only=True")
-    assert problems == []
+    """Audit of shared/, domains/, benchmarks/ and scripts/ (see tests/unpickling_audit.py): every
+    torch / numpy unpickling entry point, under any alias, is called in its safe mode (weights-only,
+    no pickles), nothing calls pickle-family loaders, and no download reaches an unsafe loader."""
+    paths = [p for d in ("shared", "domains", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")]
+    assert len(paths) > 40
+    assert check_files(paths, ROOT) == []
+
+
+UNSAFE_LOADING = {  # planted source -> what the audit must name
+    "import torch\ntorch.load(f)": "(torch.load) without weights_only=True",
+    "import torch as t\nt.load(f, map_location='cpu')": "(torch.load) without weights_only=True",
+    "from torch import load as tl\ntl(f)": "tl (torch.load) without weights_only=True",
+    "from torch import load\nload(f, weights_only=False)": "unsafe loading flag",
+    "import torch\ntorch.serialization.load(f)": "(torch.serialization.load) without weights_only=True",
+    "from torch.serialization import load\nload(f)": "(torch.serialization.load) without weights_only=True",
+    "import torch.serialization as ser\nser.load(f)": "(torch.serialization.load) without weights_only=True",
+    "import torch\ntorch.hub.load_state_dict_from_url(u)": "load_state_dict_from_url) without weights_only=True",
+    "from torch.hub import load_state_dict_from_url as get\nget(u)": "without weights_only=True",
+    "from torch.utils import model_zoo\nmodel_zoo.load_url(u)": "(torch.utils.model_zoo.load_url) without",
+    "import torch\ntorch.hub.load('repo', 'model')": "(torch.hub.load) can run code",
+    "import torch\ntorch.jit.load(f)": "(torch.jit.load) can run code",
+    "from torch.package import PackageImporter\nPackageImporter(f)": "PackageImporter) can run code",
+    "import torch.distributed.checkpoint as dcp\ndcp.load(s, checkpoint_id=d)": "(torch.distributed.checkpoint.load)",
+    "import pickle\npickle.load(f)": "(pickle.load) can run code",
+    "import pickle\npickle.loads(b)": "(pickle.loads) can run code",
+    "from pickle import loads as l\nl(b)": "(pickle.loads) can run code",
+    "import _pickle\n_pickle.Unpickler(f).load()": "(_pickle.Unpickler) can run code",
+    "import pickle\nclass U(pickle.Unpickler): pass": "pickle.Unpickler referenced, not called",
+    "import dill, joblib\ndill.loads(b)\njoblib.load(f)": "(joblib.load) can run code",
+    "import shelve\nshelve.open(f)": "(shelve.open) can run code",
+    "import pandas as pd\npd.read_pickle(f)": "(pandas.read_pickle) can run code",
+    "import numpy as np\nnp.load(f)": "(numpy.load) without allow_pickle=False",
+    "import numpy as np\nnp.load(f, allow_pickle=True)": "unsafe loading flag",
+    "from numpy import load as nl\nnl(f)": "nl (numpy.load) without allow_pickle=False",
+    "import numpy\nnumpy.lib.format.read_array(f, allow_pickle=True)": "unsafe loading flag",
+    "import torch\nloader = torch.load\nloader(f, weights_only=True)": "torch.load referenced, not called",
+    "import functools, torch\nfunctools.partial(torch.load, weights_only=False)": "torch.load referenced",
+    "import torch\ngetattr(torch, 'load')(f)": "getattr reaches torch.load",
+    "import torchaudio\ntorchaudio.pipelines.HUBERT_BASE.get_model()": "get_model without dl_kwargs",
+    "import esm\nesm.pretrained.load_model_and_alphabet('esm2_t6_8M_UR50D')": "fair-esm reads the file itself",
+}
+SAFE_LOADING = [
+    "import torch as t\nt.load(f, map_location='cpu', weights_only=True)",
+    "from torch import load as tl\ntl(f, weights_only=True)",
+    "from torch.serialization import load\nload(f, weights_only=True)",
+    "import numpy as np\nnp.load(f, allow_pickle=False)",
+    "import pickle\ntry:\n    x()\nexcept pickle.UnpicklingError:\n    pass",
+    "import yaml, json\nyaml.safe_load(s)\njson.load(f)",
+    "from safetensors.torch import load_file\nload_file(f)",
+]
+
+
+@pytest.mark.parametrize("source", list(UNSAFE_LOADING), ids=lambda s: s.replace("\n", "; "))
+def test_the_unpickling_audit_sees_through_aliases(source, tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(source + "\n")
+    problems = check_files([planted], tmp_path)
+    assert problems and all(p.startswith("planted.py:") for p in problems)
+    assert any(UNSAFE_LOADING[source] in p for p in problems), problems
+
+
+def test_the_unpickling_audit_passes_safe_loading(tmp_path):
+    for i, source in enumerate(SAFE_LOADING):
+        (tmp_path / f"safe{i}.py").write_text(source + "\n")
+    assert check_files(sorted(tmp_path.glob("*.py")), tmp_path) == []
 
 
 # ---- 6. backbone identity on the CLI's --ckpt_path paths -------------------------------------------

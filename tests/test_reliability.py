@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from peftlab import BackboneMismatchError, PeftModule
 from peftlab.checkpoint import (AdapterFileError, AtomicCheckpointIO, CheckpointFileError, NonFiniteLossError,
-                                load_adapter, load_checkpoint_file)
+                                load_adapter, load_checkpoint_file, save_adapter)
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader
 from peftlab_protein.synthetic import SyntheticMotifDataModule
@@ -438,13 +438,92 @@ def test_an_adapter_config_naming_a_function_to_call_is_refused(trained, tmp_pat
     marker = tmp_path / "pwned"
     meta["backbone"] = {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
     config.write_text(json.dumps(meta))
-    with pytest.raises(AdapterFileError, match=rf"{config}: names 'os.system'.*not imported|is not a Backbone"):
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'os.system', which is not a class of peftlab's packages"):
         load_adapter(directory)
     meta["backbone"]["class_path"] = "peftlab.checkpoint.atomic_write"  # importable, but not a backbone
     config.write_text(json.dumps(meta))
     with pytest.raises(AdapterFileError, match=rf"{config}: 'peftlab.checkpoint.atomic_write' is not a Backbone"):
         load_adapter(directory)
     assert not marker.exists()
+
+
+PLANTED_MODULE = """
+from peftlab.methods import LoRA
+from peftlab.toy import ToyTransformer
+
+CONSTRUCTED = []
+
+
+class PlantedBackbone(ToyTransformer):  # any code could run here
+    def __init__(self, **kwargs):
+        CONSTRUCTED.append(type(self).__name__)
+        super().__init__(**kwargs)
+
+
+class PlantedLoRA(LoRA):
+    name = "planted_lora"  # not registered: the config names its class
+
+    def __init__(self, r: int = 2):
+        CONSTRUCTED.append(type(self).__name__)
+        super().__init__(r=r)
+"""
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """A module outside peftlab's packages, already imported, defining a Backbone and a Method subclass."""
+    import importlib
+
+    (tmp_path / "planted_classes.py").write_text(PLANTED_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "planted_classes", raising=False)
+    module = importlib.import_module("planted_classes")
+    yield module
+    sys.modules.pop("planted_classes", None)
+
+
+def test_an_adapter_config_may_name_only_peftlabs_classes_or_trusted_ones(planted, tmp_path, monkeypatch):
+    backbone = planted.PlantedBackbone(dim=32, depth=2, heads=4, mlp_ratio=2, seed=0)
+    module = PeftModule(backbone, planted.PlantedLoRA(r=2), task_type="regression", num_outputs=1)
+    directory = save_adapter(module, tmp_path / "adapter")
+    config = directory / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    assert meta["backbone"]["class_path"] == "planted_classes.PlantedBackbone"
+    assert meta["method"]["class_path"] == "planted_classes.PlantedLoRA"
+    planted.CONSTRUCTED.clear()
+    # the module is imported and both are subclasses of the right base: still refused, before any is built
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedBackbone', which is not "
+                                               rf"a class of peftlab's packages .*trusted_classes"):
+        load_adapter(directory)
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedLoRA', which is not"):
+        load_adapter(directory, trusted_classes=[planted.PlantedBackbone])
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedLoRA', which is not"):
+        load_adapter(directory, backbone=planted.PlantedBackbone(dim=32, depth=2, heads=4, mlp_ratio=2, seed=0))
+    assert planted.CONSTRUCTED == ["PlantedBackbone", "PlantedBackbone"]  # the backbone given above, no method
+    # a peftlab module's name for the planted class is no way around it
+    import peftlab.toy
+
+    monkeypatch.setattr(peftlab.toy, "PlantedBackbone", planted.PlantedBackbone, raising=False)
+    meta["backbone"]["class_path"] = "peftlab.toy.PlantedBackbone"
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=rf"{config}: 'peftlab.toy.PlantedBackbone' is "
+                                               rf"planted_classes.PlantedBackbone, not a class of peftlab's"):
+        load_adapter(directory)
+    # the caller's explicit allow-list: exactly these classes, each in its role
+    meta["backbone"]["class_path"] = "planted_classes.PlantedLoRA"
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=r"'planted_classes.PlantedLoRA' \(in trusted_classes\) is not a "
+                                               r"Backbone class"):
+        load_adapter(directory, trusted_classes=[planted.PlantedLoRA])
+    meta["backbone"]["class_path"] = "planted_classes.PlantedBackbone"
+    config.write_text(json.dumps(meta))
+    loaded = load_adapter(directory, trusted_classes=[planted.PlantedBackbone, planted.PlantedLoRA])
+    assert type(loaded.backbone) is planted.PlantedBackbone and type(loaded.method) is planted.PlantedLoRA
+    from tests.conftest import make_batch
+
+    batch = make_batch("toy")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch), module.eval()(batch), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("tamper", ["missing_field", "wrong_type", "newer_format", "header", "dtype"])

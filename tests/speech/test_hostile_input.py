@@ -247,7 +247,11 @@ def test_audio_manifest_hostile_edit(names, labels, splits, edit, dialect, bom, 
     samples), or, after one hostile edit, its DataError names the CSV and the row (or, for a segment
     outside its file, the audio file and the record)."""
     n = len(names)
-    splits = splits[:n] if len({s[1] is None for s in splits[:n]}) == 1 else [("train", "train")] * n
+    # either every row is unmarked (an empty split cell: a seeded split) or every row is marked
+    if data.draw(st.booleans(), label="unmarked"):
+        splits = [("", None)] * n
+    else:
+        splits = [s if s[1] is not None else ("train", "train") for s in splits[:n]]
     rows = [[f"audio/{name}.wav", labels[k], "", "", splits[k][0]] for k, name in enumerate(names)]
     i = data.draw(st.integers(0, n - 1), label="row")
     extra: dict[int, list[str]] = {}
@@ -355,11 +359,15 @@ def test_audio_manifest_hostile_edit(names, labels, splits, edit, dialect, bom, 
         names_sorted = sorted(set(labels[:n]))
         assert dm.label_names == names_sorted
         got = {r.id: r for recs in dm.splits.values() for r in recs}
+        split_of = {r.id: split for split, recs in dm.splits.items() for r in recs}
         assert set(got) == {r[0] for r in rows}
         for k, name in enumerate(names):
             record = got[rows[k][0]]
             assert names_sorted[record.label] == labels[k]
-            assert record.split == (splits[k][1] or record.split)  # unmarked rows: a seeded split
+            assert record.split == splits[k][1]  # as written (None: unmarked)
+            # the split it is in: the marked one, or for unmarked rows the seeded split, which with val
+            # and test fractions of 0 puts every row in train
+            assert split_of[record.id] == (splits[k][1] or "train")
             if k == i:
                 assert (record.start, record.end) == segment
             samples = audio[name][:, 0]

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PEFTLAB_DATA ?= $(abspath ../shared/data)
 export PEFTLAB_DATA
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test fuzz bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,16 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 demo: setup
 	$(VENV)/bin/peftlab sweep --config configs/paper/demo_cpu.yaml $(DEMO_ARGS)
 
+# the suite (property tests on their fixed, derandomized examples), then one pass of the property
+# tests on fresh random examples (HYPOTHESIS_PROFILE=explore, same counts): a failure prints the
+# example and a @reproduce_failure blob to replay it
 test: setup
 	$(VENV)/bin/pytest
+	HYPOTHESIS_PROFILE=explore PEFTLAB_FUZZ_SCALE=1 $(VENV)/bin/pytest -m hostile
+
+# a bug hunt: the property tests on fresh random examples, 10x as many (PEFTLAB_FUZZ_SCALE=N for N x)
+fuzz: setup
+	HYPOTHESIS_PROFILE=explore $(VENV)/bin/pytest -m hostile
 
 bench: setup
 	$(VENV)/bin/python benchmarks/method_cost.py --domain protein

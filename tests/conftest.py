@@ -54,7 +54,15 @@ def data_root() -> Path:
 # ---- hypothesis: one fixed profile, so that property tests draw the same examples on every run
 # and machine (derandomize), keep no example database, and leave hangs to the tests' own time
 # guard (a wall-clock deadline would make results depend on the load of a shared CI machine).
-# HYPOTHESIS_PROFILE=explore draws fresh random examples on every run, for local bug hunts.
+# HYPOTHESIS_PROFILE=explore draws fresh random examples on every run, also with no database (a
+# failure prints the example and a @reproduce_failure blob), and tests.hostile.examples() scales
+# each property test's count by PEFTLAB_FUZZ_SCALE (default 10 when exploring): `make fuzz` runs
+# the property tests (marker `hostile`) that way; `make test` ends with one fresh pass at 1x.
+# A bug it finds gets a fix and a named example in tests/test_loader_regressions.py.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hostile: a hostile-input property test (make fuzz explores with them)")
+
+
 try:
     from hypothesis import settings as _hypothesis_settings
 except ImportError:  # hypothesis is in the dev extra; the property tests import it themselves

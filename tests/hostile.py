@@ -5,6 +5,7 @@ hang, fails the test."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import tempfile
@@ -16,6 +17,16 @@ from typing import Any, Callable, Iterator
 from peftlab.data import DataError
 
 EXAMPLE_SECONDS = 20  # far above any example's run time: only a hang gets here
+# Examples per property test = its own count x this scale. The default profile (derandomized) draws
+# the same examples on every run; HYPOTHESIS_PROFILE=explore (`make fuzz`) draws fresh ones, 10x as
+# many unless PEFTLAB_FUZZ_SCALE says otherwise (`make test` ends with a fresh pass at 1x).
+EXPLORING = os.environ.get("HYPOTHESIS_PROFILE") == "explore"
+FUZZ_SCALE = float(os.environ.get("PEFTLAB_FUZZ_SCALE", "10" if EXPLORING else "1"))
+
+
+def examples(n: int) -> int:
+    """A property test's ``max_examples``: ``n`` scaled by :data:`FUZZ_SCALE`."""
+    return max(1, round(n * FUZZ_SCALE))
 SOME = object()  # "any record": the error must name one, whichever
 
 

@@ -30,21 +30,83 @@ def fit(module: PeftModule, steps: int) -> L.Trainer:
     return trainer
 
 
-def test_adalora_shrinks_the_rank_budget_to_its_target_during_training():
+def adalora_trace(method) -> list[dict]:
+    """Record, after every optimiser step, what AdaLoRA's allocation left: the step index it was given,
+    each layer's rank, the rank pattern, and the method state (importance scores) before and after."""
+    trace, allocate = [], method.after_optimizer_step
+
+    def scores() -> dict:  # read from peft's allocator itself, not through what the checkpoint saves
+        return {k: {n: t.clone() for n, t in getattr(method.allocator, k).items()}
+                for k in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
+
+    def recorded(backbone, step):
+        before = scores()
+        allocate(backbone, step)
+        trace.append({"step": step, "ranks": method.ranks(backbone), "before": before,
+                      "after": scores(), "pattern": dict(method.config.rank_pattern or {})})
+    method.after_optimizer_step = recorded
+    return trace
+
+
+def expected_budget(step: int, total: int, tinit: int, tfinal: int, init_bgt: int, target_bgt: int) -> int:
+    """AdaLoRA's schedule (Zhang et al. 2023, eq. 11, as peft's RankAllocator.budget_schedule), with steps
+    counted from 0: the initial budget up to tinit, a cubic decrease, the target budget from total - tfinal."""
+    if step <= tinit:
+        return init_bgt
+    if step >= total - tfinal:
+        return target_bgt
+    return int((init_bgt - target_bgt) * (1 - (step - tinit) / (total - tfinal - tinit)) ** 3 + target_bgt)
+
+
+def top_triplets_per_layer(state: dict, keep: int) -> dict[str, list[bool]]:
+    """Which (P row, E entry, Q column) triplets of each layer are among the ``keep`` most important ones
+    overall, by the paper's importance (eq. 8-10): the score of a weight is its smoothed sensitivity times
+    its uncertainty; a triplet's score is that of E_i plus the mean over P's row i and over Q's column i."""
+    s = {n: state["exp_avg_ipt"][n] * state["exp_avg_unc"][n] for n in state["exp_avg_ipt"]}
+    layers = sorted(n.removesuffix(".lora_E.default") for n in s if n.endswith(".lora_E.default"))
+    triplet = {layer: s[f"{layer}.lora_E.default"].view(-1) + s[f"{layer}.lora_A.default"].mean(1)
+               + s[f"{layer}.lora_B.default"].mean(0) for layer in layers}
+    threshold = torch.cat(list(triplet.values())).sort(descending=True).values[keep - 1]
+    return {layer: (t >= threshold).tolist() for layer, t in triplet.items()}
+
+
+@pytest.mark.parametrize("final_fraction", [0.2, 0.05])
+def test_adalora_follows_its_rank_schedule_in_every_layer(final_fraction):
+    """Step by step, the ranks kept are the schedule's budget, and in each layer the triplets among that
+    budget's most important ones (so layers end with different ranks: 3/2/2/1 here, target_r=2 on average);
+    the final allocation runs at step total - tfinal (0-based; with final_fraction=0.05 over 20 steps that is
+    the last step), and every layer keeps its rank after it."""
     torch.manual_seed(0)
-    method = build_method("adalora", init_r=4, target_r=2, initial_fraction=0.1, final_fraction=0.3)
+    method = build_method("adalora", init_r=4, target_r=2, initial_fraction=0.1, final_fraction=final_fraction)
     module = PeftModule(make_backbone("toy"), method, task_type="regression", num_outputs=1, lr=1e-2)
-    layers = 2 * 2  # qkv and proj in 2 blocks
+    layers = ["layers.0.attn.qkv", "layers.0.attn.proj", "layers.1.attn.qkv", "layers.1.attn.proj"]
     assert sum(method.ranks(module.backbone).values()) == 0  # E starts at zero: the adapted model is the base
+    trace = adalora_trace(method)
     fit(module, steps=20)
     config = method.config
-    assert (config.total_step, config.tinit, config.tfinal) == (20, 2, 6)
-    ranks = method.ranks(module.backbone)
-    assert len(ranks) == layers
-    # the final allocation keeps exactly target_r ranks per layer on average, spread by importance
-    assert sum(ranks.values()) == 2 * layers
-    assert all(0 <= r <= 4 for r in ranks.values())
-    assert len(config.rank_pattern) == layers
+    tfinal = {0.2: 4, 0.05: 1}[final_fraction]
+    assert (config.total_step, config.tinit, config.tfinal) == (20, 2, tfinal)
+    final = 20 - tfinal  # the step of the final allocation
+    init_bgt, target_bgt = 4 * len(layers), 2 * len(layers)
+    assert [t["step"] for t in trace] == list(range(20))  # each optimiser step once, counted from 0
+    budgets = [expected_budget(k, 20, 2, tfinal, init_bgt, target_bgt) for k in range(20)]
+    assert [sum(t["ranks"].values()) for t in trace] == budgets
+    assert budgets[2:5] == [16, 14, 13]  # (a decrease that a schedule one step late would not show)
+
+    for k in range(3, final):  # the budget phase: each step keeps, layer by layer, its budget's most important
+        kept = top_triplets_per_layer(trace[k]["after"], budgets[k])  # triplets (scored with this step's update)
+        assert trace[k]["ranks"] == {layer: sum(keep) for layer, keep in kept.items()}, f"step {k}"
+    at_final = trace[final]
+    # the final allocation used the scores as they stood (it adds no new ones), then dropped them
+    expected = top_triplets_per_layer(at_final["before"], target_bgt)
+    assert sorted(at_final["ranks"]) == sorted(layers)
+    assert at_final["ranks"] == {layer: sum(keep) for layer, keep in expected.items()}
+    assert {n.removesuffix(".lora_E.default"): p for n, p in at_final["pattern"].items()} == expected
+    assert at_final["before"]["ipt"] and not at_final["after"]["ipt"]
+    for t in trace[final:]:  # every layer keeps the final allocation's rank to the end
+        assert t["ranks"] == at_final["ranks"] and t["pattern"] == at_final["pattern"]
+    for t in trace[:final]:
+        assert t["after"]["ipt"]  # scores accumulate until the final allocation
 
 
 def test_adalora_adds_its_orthogonality_penalty_to_the_training_loss():
@@ -158,8 +220,9 @@ def test_pissa_reloads_exactly_from_a_fresh_backbone(tmp_path):
 
 def test_adalora_resumes_exactly_mid_schedule(tmp_path):
     """Its importance scores and rank pattern live outside the parameters: they are
-    checkpointed, so a run resumed in the budget phase or after the final allocation
-    ends where the uninterrupted run ends."""
+    checkpointed, so a run resumed in the budget phase (which needs the scores) or after
+    the final allocation (which needs the rank pattern) goes on exactly as the
+    uninterrupted run: the same ranks, scores and pattern after every step, the same weights."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(root, ckpt_path=None):
@@ -167,16 +230,30 @@ def test_adalora_resumes_exactly_mid_schedule(tmp_path):
         method = build_method("adalora", init_r=4, target_r=2, initial_fraction=0.1, final_fraction=0.2)
         module = PeftModule(make_backbone("toy"), method, task_type="regression", num_outputs=1, lr=1e-2,
                             head_dropout=0.0)
+        trace = adalora_trace(method)
         trainer = L.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
                             callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_top_k=-1,
                                                        filename="{step}")])
         trainer.fit(module, train_dataloaders=toy_batches(1), ckpt_path=ckpt_path)  # one batch per epoch
-        return module
+        return module, trace
 
-    straight = run(tmp_path / "straight")
+    straight, trace = run(tmp_path / "straight")
+    assert (straight.method.config.tinit, straight.method.config.tfinal) == (1, 3)  # final allocation: step 13
     assert sum(straight.method.ranks(straight.backbone).values()) == 2 * 4
-    for step in (6, 14):  # in the budget phase; after the final allocation (at step 13)
-        resumed = run(tmp_path / f"from{step}", tmp_path / "straight" / "ckpt" / f"step={step}.ckpt")
+    ckpt = lambda step: tmp_path / "straight" / "ckpt" / f"step={step}.ckpt"  # noqa: E731  (after `step` steps)
+    saved = {step: torch.load(ckpt(step), weights_only=True)["method_state"] for step in (6, 14)}
+    assert saved[6]["exp_avg_ipt"] and saved[6]["rank_pattern"]  # the budget phase: scores and a pattern
+    assert not saved[14]["exp_avg_ipt"] and sum(map(sum, saved[14]["rank_pattern"].values())) == 2 * 4  # after it
+
+    def state(entry):
+        return [entry["step"], entry["ranks"], entry["pattern"],
+                {k: {n: t.tolist() for n, t in entry["after"][k].items()} for k in ("ipt", "exp_avg_ipt", "exp_avg_unc")}]
+
+    for step in (6, 14):  # in the budget phase; after the final allocation (steps 0-13 done)
+        resumed, resumed_trace = run(tmp_path / f"from{step}", ckpt(step))
+        assert [t["step"] for t in resumed_trace] == list(range(step, 16))
+        for a, b in zip(trace[step:], resumed_trace, strict=True):
+            assert state(a) == state(b), f"resumed from step {step}: step {b['step']} differs"
         for (name, a), b in zip(straight.trainable_state_dict().items(), resumed.trainable_state_dict().values()):
             assert torch.equal(a, b), f"resumed from step {step}: {name} differs"

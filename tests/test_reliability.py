@@ -6,7 +6,6 @@ on the ``--ckpt_path`` paths of the CLI."""
 
 from __future__ import annotations
 
-import ast
 import csv
 import dataclasses
 import json
@@ -29,11 +28,13 @@ from safetensors.torch import load_file
 
 from peftlab import BackboneMismatchError, PeftModule
 from peftlab.checkpoint import (AdapterFileError, AtomicCheckpointIO, CheckpointFileError, NonFiniteLossError,
-                                load_adapter, load_checkpoint_file)
+                                load_adapter, load_checkpoint_file, save_adapter)
 from peftlab.errors import RunFolderError
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader
 from peftlab_protein.synthetic import SyntheticMotifDataModule
+
+from tests.unpickling_audit import check_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -488,13 +489,92 @@ def test_an_adapter_config_naming_a_function_to_call_is_refused(trained, tmp_pat
     marker = tmp_path / "pwned"
     meta["backbone"] = {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
     config.write_text(json.dumps(meta))
-    with pytest.raises(AdapterFileError, match=rf"{config}: names 'os.system'.*not imported|is not a Backbone"):
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'os.system', which is not a class of peftlab's packages"):
         load_adapter(directory)
     meta["backbone"]["class_path"] = "peftlab.checkpoint.atomic_write"  # importable, but not a backbone
     config.write_text(json.dumps(meta))
     with pytest.raises(AdapterFileError, match=rf"{config}: 'peftlab.checkpoint.atomic_write' is not a Backbone"):
         load_adapter(directory)
     assert not marker.exists()
+
+
+PLANTED_MODULE = """
+from peftlab.methods import LoRA
+from peftlab.toy import ToyTransformer
+
+CONSTRUCTED = []
+
+
+class PlantedBackbone(ToyTransformer):  # any code could run here
+    def __init__(self, **kwargs):
+        CONSTRUCTED.append(type(self).__name__)
+        super().__init__(**kwargs)
+
+
+class PlantedLoRA(LoRA):
+    name = "planted_lora"  # not registered: the config names its class
+
+    def __init__(self, r: int = 2):
+        CONSTRUCTED.append(type(self).__name__)
+        super().__init__(r=r)
+"""
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """A module outside peftlab's packages, already imported, defining a Backbone and a Method subclass."""
+    import importlib
+
+    (tmp_path / "planted_classes.py").write_text(PLANTED_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "planted_classes", raising=False)
+    module = importlib.import_module("planted_classes")
+    yield module
+    sys.modules.pop("planted_classes", None)
+
+
+def test_an_adapter_config_may_name_only_peftlabs_classes_or_trusted_ones(planted, tmp_path, monkeypatch):
+    backbone = planted.PlantedBackbone(dim=32, depth=2, heads=4, mlp_ratio=2, seed=0)
+    module = PeftModule(backbone, planted.PlantedLoRA(r=2), task_type="regression", num_outputs=1)
+    directory = save_adapter(module, tmp_path / "adapter")
+    config = directory / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    assert meta["backbone"]["class_path"] == "planted_classes.PlantedBackbone"
+    assert meta["method"]["class_path"] == "planted_classes.PlantedLoRA"
+    planted.CONSTRUCTED.clear()
+    # the module is imported and both are subclasses of the right base: still refused, before any is built
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedBackbone', which is not "
+                                               rf"a class of peftlab's packages .*trusted_classes"):
+        load_adapter(directory)
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedLoRA', which is not"):
+        load_adapter(directory, trusted_classes=[planted.PlantedBackbone])
+    with pytest.raises(AdapterFileError, match=rf"{config}: names 'planted_classes.PlantedLoRA', which is not"):
+        load_adapter(directory, backbone=planted.PlantedBackbone(dim=32, depth=2, heads=4, mlp_ratio=2, seed=0))
+    assert planted.CONSTRUCTED == ["PlantedBackbone", "PlantedBackbone"]  # the backbone given above, no method
+    # a peftlab module's name for the planted class is no way around it
+    import peftlab.toy
+
+    monkeypatch.setattr(peftlab.toy, "PlantedBackbone", planted.PlantedBackbone, raising=False)
+    meta["backbone"]["class_path"] = "peftlab.toy.PlantedBackbone"
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=rf"{config}: 'peftlab.toy.PlantedBackbone' is "
+                                               rf"planted_classes.PlantedBackbone, not a class of peftlab's"):
+        load_adapter(directory)
+    # the caller's explicit allow-list: exactly these classes, each in its role
+    meta["backbone"]["class_path"] = "planted_classes.PlantedLoRA"
+    config.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=r"'planted_classes.PlantedLoRA' \(in trusted_classes\) is not a "
+                                               r"Backbone class"):
+        load_adapter(directory, trusted_classes=[planted.PlantedLoRA])
+    meta["backbone"]["class_path"] = "planted_classes.PlantedBackbone"
+    config.write_text(json.dumps(meta))
+    loaded = load_adapter(directory, trusted_classes=[planted.PlantedBackbone, planted.PlantedLoRA])
+    assert type(loaded.backbone) is planted.PlantedBackbone and type(loaded.method) is planted.PlantedLoRA
+    from tests.conftest import make_batch
+
+    batch = make_batch("toy")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch), module.eval()(batch), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("tamper", ["missing_field", "wrong_type", "newer_format", "header", "dtype"])
@@ -530,40 +610,71 @@ def test_an_altered_adapter_gives_an_error_naming_the_file(trained, tmp_path, ta
 
 
 def test_the_code_never_unpickles_unsafely():
-    """Audit of shared/ and domains/: every torch.load is weights-only, every
-    np.load refuses pickles, nothing calls pickle / dill / joblib loaders, and no
-    download reaches an unsafe loader: torch.hub.load_state_dict_from_url and
-    torchaudio bundles' get_model are told weights_only, transformers'
-    from_pretrained too, and fair-esm's own file-reading loaders (whose hub path
-    unpickles with weights_only=False) are never called."""
-    unsafe_esm = ("load_model_and_alphabet", "load_model_and_alphabet_hub", "load_model_and_alphabet_local",
-                  "load_hub_workaround", "load_regression_hub", "_download_model_and_regression_data")
-    problems = []
-    for path in [*(ROOT / "shared").rglob("*.py"), *(ROOT / "domains").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Call):
-                continue
-            name = ast.unparse(node.func)
-            kwargs = {k.arg: ast.unparse(k.value) for k in node.keywords}
-            where = f"{path.relative_to(ROOT)}:{node.lineno}"
-            if name.endswith("torch.load") and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: torch.load without weights_only=True")
-            if name in ("np.load", "numpy.load") and kwargs.get("allow_pickle") != "False":
-                problems.append(f"{where}: np.load without allow_pickle=False")
-            if name.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle") and name.endswith(("load", "loads")):
-                problems.append(f"{where}: {name}")
-            if kwargs.get("weights_only") == "False" or kwargs.get("allow_pickle") == "True":
-                problems.append(f"{where}: unsafe loading flag")
-            if name.endswith("load_state_dict_from_url") and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: {name} without weights_only=True")
-            if name.endswith(".get_model") and "'weights_only': True" not in kwargs.get("dl_kwargs", ""):
-                problems.append(f"{where}: {name} without dl_kwargs weights_only=True")
-            if name.split(".")[-1] in unsafe_esm:
-                problems.append(f"{where}: {name} (fair-esm reads the file itself)")
-            if name.endswith("from_pretrained") and "model" in name.lower() and "config" in kwargs \
-                    and kwargs.get("weights_only") != "True":
-                problems.append(f"{where}: {name} without weights_only=True")
-    assert problems == []
+    """Audit of shared/, domains/, benchmarks/ and scripts/ (see tests/unpickling_audit.py): every
+    torch / numpy unpickling entry point, under any alias, is called in its safe mode (weights-only,
+    no pickles), nothing calls pickle-family loaders, and no download reaches an unsafe loader."""
+    paths = [p for d in ("shared", "domains", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")]
+    assert len(paths) > 40
+    assert check_files(paths, ROOT) == []
+
+
+UNSAFE_LOADING = {  # planted source -> what the audit must name
+    "import torch\ntorch.load(f)": "(torch.load) without weights_only=True",
+    "import torch as t\nt.load(f, map_location='cpu')": "(torch.load) without weights_only=True",
+    "from torch import load as tl\ntl(f)": "tl (torch.load) without weights_only=True",
+    "from torch import load\nload(f, weights_only=False)": "unsafe loading flag",
+    "import torch\ntorch.serialization.load(f)": "(torch.serialization.load) without weights_only=True",
+    "from torch.serialization import load\nload(f)": "(torch.serialization.load) without weights_only=True",
+    "import torch.serialization as ser\nser.load(f)": "(torch.serialization.load) without weights_only=True",
+    "import torch\ntorch.hub.load_state_dict_from_url(u)": "load_state_dict_from_url) without weights_only=True",
+    "from torch.hub import load_state_dict_from_url as get\nget(u)": "without weights_only=True",
+    "from torch.utils import model_zoo\nmodel_zoo.load_url(u)": "(torch.utils.model_zoo.load_url) without",
+    "import torch\ntorch.hub.load('repo', 'model')": "(torch.hub.load) can run code",
+    "import torch\ntorch.jit.load(f)": "(torch.jit.load) can run code",
+    "from torch.package import PackageImporter\nPackageImporter(f)": "PackageImporter) can run code",
+    "import torch.distributed.checkpoint as dcp\ndcp.load(s, checkpoint_id=d)": "(torch.distributed.checkpoint.load)",
+    "import pickle\npickle.load(f)": "(pickle.load) can run code",
+    "import pickle\npickle.loads(b)": "(pickle.loads) can run code",
+    "from pickle import loads as l\nl(b)": "(pickle.loads) can run code",
+    "import _pickle\n_pickle.Unpickler(f).load()": "(_pickle.Unpickler) can run code",
+    "import pickle\nclass U(pickle.Unpickler): pass": "pickle.Unpickler referenced, not called",
+    "import dill, joblib\ndill.loads(b)\njoblib.load(f)": "(joblib.load) can run code",
+    "import shelve\nshelve.open(f)": "(shelve.open) can run code",
+    "import pandas as pd\npd.read_pickle(f)": "(pandas.read_pickle) can run code",
+    "import numpy as np\nnp.load(f)": "(numpy.load) without allow_pickle=False",
+    "import numpy as np\nnp.load(f, allow_pickle=True)": "unsafe loading flag",
+    "from numpy import load as nl\nnl(f)": "nl (numpy.load) without allow_pickle=False",
+    "import numpy\nnumpy.lib.format.read_array(f, allow_pickle=True)": "unsafe loading flag",
+    "import torch\nloader = torch.load\nloader(f, weights_only=True)": "torch.load referenced, not called",
+    "import functools, torch\nfunctools.partial(torch.load, weights_only=False)": "torch.load referenced",
+    "import torch\ngetattr(torch, 'load')(f)": "getattr reaches torch.load",
+    "import torchaudio\ntorchaudio.pipelines.HUBERT_BASE.get_model()": "get_model without dl_kwargs",
+    "import esm\nesm.pretrained.load_model_and_alphabet('esm2_t6_8M_UR50D')": "fair-esm reads the file itself",
+}
+SAFE_LOADING = [
+    "import torch as t\nt.load(f, map_location='cpu', weights_only=True)",
+    "from torch import load as tl\ntl(f, weights_only=True)",
+    "from torch.serialization import load\nload(f, weights_only=True)",
+    "import numpy as np\nnp.load(f, allow_pickle=False)",
+    "import pickle\ntry:\n    x()\nexcept pickle.UnpicklingError:\n    pass",
+    "import yaml, json\nyaml.safe_load(s)\njson.load(f)",
+    "from safetensors.torch import load_file\nload_file(f)",
+]
+
+
+@pytest.mark.parametrize("source", list(UNSAFE_LOADING), ids=lambda s: s.replace("\n", "; "))
+def test_the_unpickling_audit_sees_through_aliases(source, tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(source + "\n")
+    problems = check_files([planted], tmp_path)
+    assert problems and all(p.startswith("planted.py:") for p in problems)
+    assert any(UNSAFE_LOADING[source] in p for p in problems), problems
+
+
+def test_the_unpickling_audit_passes_safe_loading(tmp_path):
+    for i, source in enumerate(SAFE_LOADING):
+        (tmp_path / f"safe{i}.py").write_text(source + "\n")
+    assert check_files(sorted(tmp_path.glob("*.py")), tmp_path) == []
 
 
 # ---- 6. backbone identity on the CLI's --ckpt_path paths -------------------------------------------

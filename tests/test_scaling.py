@@ -364,12 +364,24 @@ def test_bf16_mixed_on_the_cpu_trains_float32_weights_close_to_a_float32_run(tmp
     assert seen == {torch.bfloat16}  # autocast really ran the adapted layers in bf16
     assert math.isfinite(loss)
     assert all(v.dtype == torch.float32 for v in adapter.values())  # master weights stay float32
-    assert max((adapter[k] - initial[k]).abs().max() for k in adapter) > 1e-3  # it trained
     _, loss32, seen32, adapter32, scores32 = _fit_and_predict("32-true", tmp_path / "fp32")
     assert seen32 == {torch.float32}
+
+    def norm(tensors) -> float:
+        return math.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors))
+
+    # Tolerances relative to what training changed. The float32 run's update (trained - initial adapter,
+    # all tensors together) has norm 0.82 here; the bf16 run's adapter differs from the float32 one by
+    # 0.046 of that (bf16 keeps 8 significant bits, and 12 steps of AdamW amplify the rounding a little):
+    # measured 0.005-0.18 with the LoRA/head initialisation seeded 0-3 (the largest single tensor: 0.72).
+    # So: the run trained (update norm > 0.2), and bf16 lands within a quarter of the update of float32.
+    update = norm(adapter32[k] - initial[k] for k in adapter32)
+    assert update > 0.2  # it trained
+    assert norm(adapter[k] - initial[k] for k in adapter) > 0.2
+    assert norm(adapter[k] - adapter32[k] for k in adapter) < 0.25 * update
     assert scores.keys() == scores32.keys()
-    assert max(abs(scores[k] - scores32[k]) for k in scores) < 0.05  # probabilities
-    assert max((adapter[k] - adapter32[k]).abs().max() for k in adapter) < 0.1
+    # probabilities: measured 0.0008 here, at most 0.011 over those seeds
+    assert max(abs(scores[k] - scores32[k]) for k in scores) < 0.02
 
 
 # ---- QLoRA ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,12 @@
 """Training through Lightning and the real CLI: every YAML in configs/ runs
 (with a tiny backbone where it names published weights), checkpoints hold only
-trained state, resuming continues the same run, predictions land in a CSV."""
+trained state, resuming continues the same run, predictions land in a CSV.
+
+The ``test_smoke_*`` tests are smoke tests: each runs one ``fast_dev_run``
+batch of ``peftlab fit`` with a config and passes when nothing raises (a QLoRA
+config must refuse clearly without CUDA). They show that every config parses,
+builds and takes a step, not that it learns: learning is tested on real data in
+tests/*/test_*_training.py, the methods' behaviour in tests/test_methods.py."""
 
 from __future__ import annotations
 
@@ -66,13 +72,13 @@ def backbone_configs() -> list[str]:
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
-def test_cli_runs_every_method_config(method_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_method_config(method_yaml, tmp_path):
     fit_method_config(method_yaml, ["fit", *cfg("protein/esm2_tiny.yaml", f"methods/{method_yaml}", "protein/synthetic_motif.yaml"),
                                     *TINY_BACKBONE, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", backbone_configs())
-def test_cli_runs_every_backbone_and_paper_config(backbone_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_backbone_and_paper_config(backbone_yaml, tmp_path):
     # configs that name published weights run here with a tiny random-init model of the same family
     # (8 thin blocks where a paper setup adapts "the last 8")
     text = (CONFIGS / "protein" / backbone_yaml).read_text()
@@ -83,7 +89,7 @@ def test_cli_runs_every_backbone_and_paper_config(backbone_yaml, tmp_path):
           *TINY_BACKBONE, *size, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
-def test_cli_runs_the_flip_config_on_a_csv_given_on_the_command_line(tmp_path):
+def test_smoke_cli_fast_dev_run_the_flip_config_on_a_csv_given_on_the_command_line(tmp_path):
     data = write_flip_csv(tmp_path / "tiny_flip.csv")
     main(["fit", *cfg("protein/esm2_tiny.yaml", "methods/lora.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"),
           *TINY_BACKBONE, f"--data.init_args.path={data}", "--data.init_args.batch_size=4", *FAST,
@@ -102,13 +108,13 @@ def imaging_backbone_configs() -> list[str]:
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
-def test_cli_runs_every_method_config_on_a_vit(method_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_method_config_on_a_vit(method_yaml, tmp_path):
     fit_method_config(method_yaml, ["fit", *cfg("medical/vit_tiny.yaml", f"methods/{method_yaml}", "medical/synthetic_lesion.yaml"),
                                     *TINY_VIT, *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", imaging_backbone_configs())
-def test_cli_runs_every_imaging_backbone_config(backbone_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_imaging_backbone_config(backbone_yaml, tmp_path):
     # configs that name published weights run here with random init (and fewer blocks for ViTs) at 28 px
     text = (CONFIGS / "medical" / backbone_yaml).read_text()
     extra = [] if "method:" in text else cfg("methods/lora.yaml")
@@ -123,7 +129,7 @@ def test_cli_runs_every_imaging_backbone_config(backbone_yaml, tmp_path):
           *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
-def test_cli_runs_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
+def test_smoke_cli_fast_dev_run_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", 16), ("val", 8), ("test", 8)):
@@ -148,13 +154,13 @@ def speech_backbone_configs() -> list[str]:
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
-def test_cli_runs_every_method_config_on_a_speech_encoder(method_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_method_config_on_a_speech_encoder(method_yaml, tmp_path):
     fit_method_config(method_yaml, ["fit", *cfg("speech/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/synthetic_tones.yaml"),
                                     *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("backbone_yaml", speech_backbone_configs())
-def test_cli_runs_every_speech_backbone_config(backbone_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_speech_backbone_config(backbone_yaml, tmp_path):
     text = (CONFIGS / "speech" / backbone_yaml).read_text()
     extra = [] if "method:" in text else cfg("methods/lora.yaml")
     tiny = TINY_ENCODER
@@ -167,7 +173,7 @@ def test_cli_runs_every_speech_backbone_config(backbone_yaml, tmp_path):
 
 
 @pytest.mark.parametrize("data_yaml", ["fsdd.yaml", "speech_commands.yaml", "emotion_csv.yaml"])
-def test_cli_runs_every_speech_data_config_on_files_given_on_the_command_line(data_yaml, tmp_path):
+def test_smoke_cli_fast_dev_run_every_speech_data_config_on_files_given_on_the_command_line(data_yaml, tmp_path):
     import soundfile as sf
     rate, tone = 16000, np.sin(np.linspace(0, 800 * np.pi, 8000)).astype("float32")
     if data_yaml == "fsdd.yaml":

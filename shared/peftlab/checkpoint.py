@@ -19,8 +19,8 @@ import importlib
 import json
 import os
 import pickle
-import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -240,40 +240,53 @@ def _check_adapter_config(meta: Any, path: Path) -> None:
 
 
 def _trusted_module(module_name: str) -> bool:
-    """peftlab and its domain packages (``peftlab_*``): an adapter config may make
-    peftlab import these; other modules must be imported already (a config never
-    makes peftlab import a module of its choosing)."""
+    """peftlab and its domain packages (``peftlab_*``): the only modules whose
+    classes an adapter config may name (and make peftlab import)."""
     top = module_name.split(".")[0]
     return top == "peftlab" or top.startswith("peftlab_")
 
 
-def import_class(class_path: str, base: type, source: Path) -> type:
-    """The class ``class_path`` names, which must subclass ``base``: an adapter
-    config is data, so it may name a backbone or method class, never any other
-    callable (``os.system`` ...)."""
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class(class_path: str, base: type, source: Path, trusted_classes: Iterable[type] = ()) -> type:
+    """The class ``class_path`` names, which must subclass ``base`` and be defined
+    in peftlab's own packages (``peftlab``, ``peftlab_*``), or be one of
+    ``trusted_classes``, the caller's explicit allow-list. An adapter config is
+    data: it may name one of these backbone or method classes, never another
+    callable (``os.system`` ...) nor a class of some other module, imported or
+    not (any module's subclass could run code in its constructor)."""
     module_name, _, name = class_path.rpartition(".")
     if not module_name or not name.isidentifier():
         raise AdapterFileError(f"{source}: {class_path!r} is not a class path")
-    if _trusted_module(module_name):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise AdapterFileError(f"{source}: cannot import {module_name!r} for {class_path!r} ({e})") from e
-    elif module_name in sys.modules:
-        module = sys.modules[module_name]
-    else:
-        raise AdapterFileError(f"{source}: names {class_path!r}, whose module is not imported; import it first "
+    for cls in trusted_classes:
+        if _class_path(cls) == class_path:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise AdapterFileError(f"{source}: {class_path!r} (in trusted_classes) is not a {base.__name__} class")
+            return cls
+    if not _trusted_module(module_name):
+        raise AdapterFileError(f"{source}: names {class_path!r}, which is not a class of peftlab's packages "
+                               f"(peftlab, peftlab_*); if you trust it, pass the class in trusted_classes "
                                f"(or pass the {base.__name__.lower()} yourself)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise AdapterFileError(f"{source}: cannot import {module_name!r} for {class_path!r} ({e})") from e
     obj = getattr(module, name, None)
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise AdapterFileError(f"{source}: {class_path!r} is not a {base.__name__} class")
+    if not _trusted_module(obj.__module__):  # a peftlab module's name for a class defined elsewhere
+        raise AdapterFileError(f"{source}: {class_path!r} is {_class_path(obj)}, not a class of peftlab's packages; "
+                               f"if you trust it, pass the class in trusted_classes")
     return obj
 
 
-def build_method_from_spec(spec: dict[str, Any], source: Path | None = None) -> Method:
+def build_method_from_spec(spec: dict[str, Any], source: Path | None = None,
+                           trusted_classes: Iterable[type] = ()) -> Method:
     if spec["name"] in METHODS:
         return METHODS[spec["name"]](**spec["init_args"])
-    return import_class(spec["class_path"], Method, source or Path(CONFIG_FILE))(**spec["init_args"])
+    return import_class(spec["class_path"], Method, source or Path(CONFIG_FILE), trusted_classes)(**spec["init_args"])
 
 
 def head_options(meta: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +309,7 @@ def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor
 
 
 def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None, force: bool = False,
-                 method_options: dict[str, Any] | None = None) -> PeftModule:
+                 method_options: dict[str, Any] | None = None, trusted_classes: Iterable[type] = ()) -> PeftModule:
     """Rebuild the trained model: the backbone (given, or built again from its
     recorded spec), the method applied to it, the head, and the trained tensors.
 
@@ -305,7 +318,10 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
     :class:`AdapterFileError` naming it. ``method_options`` override recorded
     options that do not change the trained tensors, e.g. ``{"quantize": None}``
     to put a QLoRA adapter on the full-precision backbone (on a CPU), or
-    ``{"dropout": 0.0}``. The model comes back in eval mode (dropout off).
+    ``{"dropout": 0.0}``. The config may name backbone and method classes of
+    peftlab's own packages only; ``trusted_classes`` adds your own (e.g.
+    ``trusted_classes=[MyBackbone]``), see :func:`import_class`. The model
+    comes back in eval mode (dropout off).
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)
@@ -313,14 +329,15 @@ def load_adapter(directory: str | os.PathLike, backbone: Backbone | None = None,
         meta["method"]["init_args"] = {**meta["method"]["init_args"], **method_options}
     config_path = directory / CONFIG_FILE
     if backbone is None:
-        backbone_class = import_class(meta["backbone"]["class_path"], Backbone, config_path)
+        backbone_class = import_class(meta["backbone"]["class_path"], Backbone, config_path, trusted_classes)
         try:
             backbone = backbone_class(**meta["backbone"]["init_args"])
         except TypeError as e:
             raise AdapterFileError(f"{config_path}: backbone init_args do not fit {backbone_class.__name__} ({e})") from e
     check_identity(meta["backbone_identity"], backbone.identity(), f"the adapter in {directory}", force=force)
     try:
-        module = PeftModule(backbone, build_method_from_spec(meta["method"], config_path), **head_options(meta))
+        module = PeftModule(backbone, build_method_from_spec(meta["method"], config_path, trusted_classes),
+                            **head_options(meta))
     except AdapterFileError:
         raise
     except (TypeError, ValueError, KeyError) as e:

@@ -251,7 +251,8 @@ class PeftModule(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         # Right after the step, gradients still there (Lightning zeroes them at the start of the next
-        # step) and before any callback checkpoints it: AdaLoRA scores and re-allocates ranks.
+        # step) and before any callback checkpoints it: AdaLoRA scores and re-allocates ranks. Lightning
+        # counts the step only once this hook returns: global_step is still the 0-based index of this step.
         self.method.after_optimizer_step(self.backbone, self.global_step)
 
     def on_fit_start(self) -> None:

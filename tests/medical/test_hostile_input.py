@@ -29,6 +29,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,7 +39,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from peftlab_medical.data import ImageCSVDataModule, ImageFolderDataModule, MedMNISTDataModule
 
-from tests.hostile import SOME, assert_names, attempt, line_of, scratch
+from tests.hostile import SOME, assert_names, attempt, examples, line_of, scratch
+
+pytestmark = pytest.mark.hostile  # the property tests: `make fuzz` runs them with fresh, many more examples
+
 
 def scaled(array: np.ndarray) -> torch.Tensor:
     """What ScaleIntensity makes of an image: min-max scaled to [0, 1] (a constant image: zeros)."""
@@ -81,7 +85,7 @@ NUMERIC = ["int16", "int64", "float16", "float32", "float64", "bool"]
 NOT_NUMERIC = ["complex64", "<U3", "object"]
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(case=medmnist_arrays(), edit=st.sampled_from(NPZ_EDITS), key=st.sampled_from(KEYS),
        explicit_task=st.booleans(), data=st.data())
 def test_medmnist_npz_one_hostile_array(case, edit, key, explicit_task, data):
@@ -305,7 +309,7 @@ def image_file(fmt: str, h: int, w: int, seed: int, folder: Path) -> tuple[str, 
 FILE_EDITS = ["none", "truncate", "flip_byte", "zero_bytes", "random_bytes", "empty", "text"]
 
 
-@settings(max_examples=120)
+@settings(max_examples=examples(120))
 @given(fmt=st.sampled_from(FORMATS), edit=st.sampled_from(FILE_EDITS), h=st.integers(2, 9), w=st.integers(2, 9),
        seed=st.integers(0, 2**16), via=st.sampled_from(["folder", "manifest"]), resize=st.booleans(),
        data=st.data())
@@ -449,7 +453,7 @@ MANIFEST_EDITS = ["none", "odd_char", "empty_cell", "bad_split", "non_utf8", "fi
                   "long_name", "huge_line", "truncate"]
 
 
-@settings(max_examples=120)
+@settings(max_examples=examples(120))
 @given(manifest=manifests(), edit=st.sampled_from(MANIFEST_EDITS), dialect=st.sampled_from(CSV_DIALECTS),
        bom=st.booleans(), data=st.data())
 def test_image_manifest_hostile_edit(manifest, edit, dialect, bom, data):
@@ -537,7 +541,7 @@ folder_names = st.one_of(st.text(name_char, min_size=1, max_size=8), digit_like)
         "train", "val", "valid", "validation", "test") and len(s.encode()) < 200)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(classes=st.lists(folder_names, min_size=1, max_size=3, unique=True),
        files=st.lists(st.tuples(file_names, st.sampled_from([".png", ".jpg", ".txt", ".PNG"])), min_size=1,
                       max_size=4, unique_by=lambda t: (t[0] + t[1]).casefold()),

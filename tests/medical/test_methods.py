@@ -67,18 +67,24 @@ def resnet_convs(c_in: int, w: int) -> list[tuple[int, int]]:
     return [(c_in, w), (9 * w, w), (w, 4 * w)]
 
 
+# channels of the batch norms inside the bottleneck blocks: bn1, bn2 (w each) and bn3 (4w) of every block, and
+# the downsample branch's (4w) in the first block of every stage; each follows a conv with as many channels
+BLOCK_BN_CHANNELS = sum(w + w + 4 * w for _, w in resnet_blocks()) + sum(4 * w for w, _ in RESNET_STAGES)
+STEM_BN_CHANNELS = 64
+
 RESNET_EXPECTED = {
     "full": 23_508_032 - 3 * 7 * 7 * 64 + 1 * 7 * 7 * 64,  # published ResNet-50 (no classifier), 1 input channel
     "linear_probe": 0,
-    "bitfit": 26_560,  # every batch-norm bias; ResNet convolutions have none
+    "bitfit": STEM_BN_CHANNELS + BLOCK_BN_CHANNELS,  # every batch-norm bias; ResNet convolutions have none
     "lora": sum(4 * (c_in + w) + 4 * (9 * w + w) + 4 * (w + 4 * w) for c_in, w in resnet_blocks()),
     "ia3": sum(2 * w for _, w in resnet_blocks()),  # conv2 output scale + conv3 input scale
-    "ssf": 105_984,  # scale + shift per channel of every conv and batch norm in the blocks
+    "ssf": 2 * (BLOCK_BN_CHANNELS + BLOCK_BN_CHANNELS),  # scale + shift after every conv and batch norm in the blocks
     **{m: sum(target_shape_count(m, SMALL_OPTIONS[m], resnet_convs(c, w)) for c, w in resnet_blocks())
        for m in ("dora", "lora_plus")},
-    "ln_tuning": 2 * 26_560,  # scale and shift of every batch norm
+    "ln_tuning": 2 * (STEM_BN_CHANNELS + BLOCK_BN_CHANNELS),  # scale and shift of every batch norm
     "partial": 2048 * 512 + 9 * 512 * 512 + 512 * 2048 + 2 * (512 + 512 + 2048),  # the last block
-    "combined": sum(target_shape_count("lora", {"r": 2}, resnet_convs(c, w)) for c, w in resnet_blocks()) + 26_560,
+    "combined": sum(target_shape_count("lora", {"r": 2}, resnet_convs(c, w)) for c, w in resnet_blocks())
+    + STEM_BN_CHANNELS + BLOCK_BN_CHANNELS,  # LoRA r=2 and bitfit
 }
 OPTIONS = {"lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
            "prompt": {"num_tokens": 3, "deep": True}, **SMALL_OPTIONS}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +37,10 @@ from peftlab_protein.data import (
     read_flip_fasta,
 )
 
-from tests.hostile import assert_names, attempt, line_of, scratch
+from tests.hostile import assert_names, attempt, examples, line_of, scratch
+
+pytestmark = pytest.mark.hostile  # the property tests: `make fuzz` runs them with fresh, many more examples
+
 
 # ---- what is written ---------------------------------------------------------------------
 
@@ -125,7 +129,7 @@ def write(folder: Path, name: str, data: bytes) -> Path:
 
 # ---- FLIP CSV ----------------------------------------------------------------------------
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(table=flip_tables(), dialect=st.sampled_from(CSV_DIALECTS), bom=st.booleans(), blank_lines=st.booleans())
 def test_flip_csv_loads_exactly_what_was_written(table, dialect, bom, blank_lines):
     with scratch() as folder:
@@ -151,7 +155,7 @@ CSV_EDITS = ["odd_residue", "blank_sequence", "bad_target", "non_utf8", "field_c
              "truncate", "huge_field"]
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(table=flip_tables(), edit=st.sampled_from(CSV_EDITS), dialect=st.sampled_from(CSV_DIALECTS),
        bom=st.booleans(), blank_lines=st.booleans(), data=st.data())
 def test_flip_csv_hostile_edit(table, edit, dialect, bom, blank_lines, data):
@@ -317,7 +321,7 @@ def splits_consistent(fasta: Fasta) -> bool:
     return len({r.split is None for r in fasta.expected}) == 1
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(fasta=flip_fastas(), newline=st.sampled_from(["\n", "\r\n", "\r"]), bom=st.booleans(),
        comments=st.booleans())
 def test_flip_fasta_loads_exactly_what_was_written(fasta, newline, bom, comments):
@@ -333,7 +337,7 @@ FASTA_EDITS = ["odd_residue", "empty_record", "bad_target", "no_target", "bad_se
                "text_before_header", "truncate"]
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(fasta=flip_fastas(), edit=st.sampled_from(FASTA_EDITS), newline=st.sampled_from(["\n", "\r\n"]),
        bom=st.booleans(), data=st.data())
 def test_flip_fasta_hostile_edit(fasta, edit, newline, bom, data):
@@ -455,7 +459,7 @@ def labels_fasta(ids: list[str], labels: list[str], splits: list[str], width: in
     return text.encode(), body_at
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(case=labelled(), width=st.integers(1, 50), layout=st.sampled_from(["fasta", "csv"]),
        edit=st.sampled_from(["none", "none", "longer", "shorter", "missing", "non_utf8"]), data=st.data())
 def test_per_residue_labels(case, width, layout, edit, data):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from hypothesis import given, settings
@@ -45,7 +46,10 @@ from peftlab_speech.data import (
     load_audio,
 )
 
-from tests.hostile import assert_names, attempt, line_of, scratch
+from tests.hostile import assert_names, attempt, examples, line_of, scratch
+
+pytestmark = pytest.mark.hostile  # the property tests: `make fuzz` runs them with fresh, many more examples
+
 
 def wav_bytes(data: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
     out = io.BytesIO()
@@ -101,7 +105,7 @@ FIELD_VALUES = {"<H": st.one_of(st.sampled_from([0, 1, 2, 3, 7, 8, 16, 24, 32, 6
 WAV_EDITS = ["none", "field", "field", "field", "truncate", "flip", "zero", "random", "empty", "append"]
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(clip=clips(), edit=st.sampled_from(WAV_EDITS), via=st.sampled_from(["load", "manifest"]),
        resample=st.booleans(), max_seconds=st.sampled_from([None, None, 0.004]), data=st.data())
 def test_audio_file_hostile_bytes(clip, edit, via, resample, max_seconds, data):
@@ -232,7 +236,7 @@ MANIFEST_EDITS = ["none", "none", "odd_char", "empty_cell", "times", "bad_split"
                   "duplicate", "long_name", "huge_line", "truncate"]
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(names=st.lists(file_names, min_size=1, max_size=4, unique=True),
        labels=st.lists(labels_text, min_size=4, max_size=4), splits=st.lists(st.sampled_from(SPLIT_VALUES),
                                                                             min_size=4, max_size=4),
@@ -243,7 +247,11 @@ def test_audio_manifest_hostile_edit(names, labels, splits, edit, dialect, bom, 
     samples), or, after one hostile edit, its DataError names the CSV and the row (or, for a segment
     outside its file, the audio file and the record)."""
     n = len(names)
-    splits = splits[:n] if len({s[1] is None for s in splits[:n]}) == 1 else [("train", "train")] * n
+    # either every row is unmarked (an empty split cell: a seeded split) or every row is marked
+    if data.draw(st.booleans(), label="unmarked"):
+        splits = [("", None)] * n
+    else:
+        splits = [s if s[1] is not None else ("train", "train") for s in splits[:n]]
     rows = [[f"audio/{name}.wav", labels[k], "", "", splits[k][0]] for k, name in enumerate(names)]
     i = data.draw(st.integers(0, n - 1), label="row")
     extra: dict[int, list[str]] = {}
@@ -351,11 +359,15 @@ def test_audio_manifest_hostile_edit(names, labels, splits, edit, dialect, bom, 
         names_sorted = sorted(set(labels[:n]))
         assert dm.label_names == names_sorted
         got = {r.id: r for recs in dm.splits.values() for r in recs}
+        split_of = {r.id: split for split, recs in dm.splits.items() for r in recs}
         assert set(got) == {r[0] for r in rows}
         for k, name in enumerate(names):
             record = got[rows[k][0]]
             assert names_sorted[record.label] == labels[k]
-            assert record.split == (splits[k][1] or record.split)  # unmarked rows: a seeded split
+            assert record.split == splits[k][1]  # as written (None: unmarked)
+            # the split it is in: the marked one, or for unmarked rows the seeded split, which with val
+            # and test fractions of 0 puts every row in train
+            assert split_of[record.id] == (splits[k][1] or "train")
             if k == i:
                 assert (record.start, record.end) == segment
             samples = audio[name][:, 0]
@@ -396,7 +408,7 @@ near_fsdd = st.one_of(
     st.text(name_char, min_size=1, max_size=10).filter(lambda s: not s.startswith(".")).map(lambda s: s + ".wav"))
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(valid=st.lists(valid_fsdd, min_size=1, max_size=5, unique=True), odd=st.lists(near_fsdd, max_size=1),
        task=st.sampled_from(["digit", "speaker"]), corrupt=st.booleans(), data=st.data())
 def test_fsdd_file_names(valid, odd, task, corrupt, data):
@@ -439,7 +451,7 @@ clip_names = st.text(name_char.filter(lambda c: c not in "\\\r\n"), min_size=1, 
 LIST_EDITS = ["none", "none", "odd_char", "non_utf8", "missing_file", "both_lists", "long_line", "whitespace"]
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(words=st.lists(word_names, min_size=1, max_size=3, unique=True),
        clips_per_word=st.lists(st.lists(clip_names, min_size=1, max_size=3, unique=True), min_size=3, max_size=3),
        edit=st.sampled_from(LIST_EDITS), data=st.data())

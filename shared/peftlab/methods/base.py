@@ -72,7 +72,8 @@ class Method:
         return None
 
     def after_optimizer_step(self, backbone: Backbone, step: int) -> None:
-        """Called after each optimiser step, before gradients are zeroed (AdaLoRA's rank allocation)."""
+        """Called after each optimiser step, before gradients are zeroed (AdaLoRA's rank allocation);
+        ``step`` is the 0-based index of that step (0 after the first update)."""
 
     def training_state(self) -> dict[str, Any]:
         """State the method keeps outside the parameters while training (checkpointed so

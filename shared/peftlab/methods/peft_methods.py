@@ -256,8 +256,8 @@ class AdaLoRA(_PeftMethod):
 
     def after_optimizer_step(self, backbone: Backbone, step: int) -> None:
         # As peft's AdaLoraModel.update_and_allocate (the tuner object is not kept by inject_adapter_in_model),
-        # which counts optimiser steps from 0: ``step`` is Lightning's global step, already incremented.
-        step -= 1
+        # which counts optimiser steps from 0. ``step`` is the 0-based index of the step just taken: PeftModule
+        # passes Lightning's global step, which Lightning increments only after optimizer_step returns.
         config, end = self.config, self.config.total_step - self.config.tfinal
         if step < end:
             _, pattern = self.allocator.update_and_allocate(backbone, step)

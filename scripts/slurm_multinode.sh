@@ -24,8 +24,8 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 STRATEGY=${STRATEGY:-ddp}             # ddp | fsdp | deepspeed: configs/trainer/$STRATEGY.yaml
 LAUNCHER=${LAUNCHER:-srun}            # srun | torchrun
 PEFTLAB_ARGS=(
-  --config configs/protein/esm2_t33_650M.yaml --config configs/methods/lora.yaml
-  --config configs/protein/flip_gb1.yaml --data.path two_vs_rest.csv
+  --config configs/protein/backbones/esm2_t33_650M.yaml --config configs/methods/lora.yaml
+  --config configs/protein/data/flip_gb1.yaml --data.path two_vs_rest.csv
   --config "configs/trainer/${STRATEGY}.yaml"
   --trainer.num_nodes "$NODES" --trainer.devices "$GPUS_PER_NODE"
   --data.init_args.batch_size 16 --seed_everything 0

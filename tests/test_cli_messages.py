@@ -27,8 +27,8 @@ TINY = ["--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.e
         "--model.backbone.init_args.attention_heads=4", "--data.init_args.num_sequences=40",
         "--data.init_args.batch_size=4", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false"]
-PROTEIN = ["--config", str(CONFIGS / "protein/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-           "--config", str(CONFIGS / "protein/synthetic_motif.yaml"), *TINY]
+PROTEIN = ["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+           "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"), *TINY]
 
 
 # ---- errors: one paragraph, suggestions ---------------------------------------------------------
@@ -69,8 +69,8 @@ def test_a_bad_option_value_is_a_short_error_not_the_usage_text(capsys):
 
 
 def test_a_backbone_that_cannot_read_the_data_is_caught_before_training(tmp_path):
-    args = ["fit", "--config", str(CONFIGS / "medical/vit_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-            "--config", str(CONFIGS / "protein/synthetic_motif.yaml"), "--data.init_args.num_sequences=40",
+    args = ["fit", "--config", str(CONFIGS / "medical/backbones/vit_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+            "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"), "--data.init_args.num_sequences=40",
             "--trainer.accelerator=cpu", f"--run_dir={tmp_path / 'run'}"]
     with pytest.raises(ConfigError) as error:
         main(args)
@@ -88,7 +88,7 @@ def test_predict_adapters_refuses_an_adapter_whose_backbone_cannot_read_the_data
     backbone = TimmBackbone(name="vit_tiny_patch16_224", img_size=28, patch_size=4, depth=1, in_chans=1)
     save_adapter(PeftModule(backbone, build_method("lora", r=2), task_type="binary"), tmp_path / "scan")
     status = main(["predict-adapters", "--adapters", f"scan={tmp_path / 'scan'}", "--data-config",
-                   str(CONFIGS / "protein/synthetic_motif.yaml"), "--data.init_args.num_sequences=20",
+                   str(CONFIGS / "protein/data/synthetic_motif.yaml"), "--data.init_args.num_sequences=20",
                    "--output-dir", str(tmp_path / "out"), "--accelerator", "cpu"])
     assert status == 2
     err = capsys.readouterr().err

@@ -23,7 +23,7 @@ from peftlab_protein.synthetic import SyntheticMotifDataModule
 from tests.conftest import TINY_ESM
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_YAML = ROOT / "configs" / "protein" / "synthetic_motif.yaml"
+DATA_YAML = ROOT / "configs" / "protein" / "data" / "synthetic_motif.yaml"
 DATA = dict(num_sequences=40, batch_size=8)
 DATA_ARGS = ["--data.num_sequences=40", "--data.batch_size=8"]
 

@@ -39,8 +39,8 @@ from tests.unpickling_audit import check_files
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # tiny ESM-2 (2 x 32), LoRA, 40 synthetic sequences in batches of 4: 8 training batches per epoch
-RUN = ["--config", str(CONFIGS / "protein/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "protein/synthetic_motif.yaml"),
+RUN = ["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+       "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"),
        "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
        "--model.backbone.init_args.attention_heads=4", "--data.init_args.num_sequences=40",
        "--data.init_args.batch_size=4", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # tiny ESM-2 (2 x 32), LoRA, 40 synthetic sequences in batches of 4: 8 training batches per epoch,
 # validation and test of 4 sequences each
-RUN = ["--config", str(CONFIGS / "protein/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "protein/synthetic_motif.yaml"),
+RUN = ["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+       "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"),
        "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
        "--model.backbone.init_args.attention_heads=4", "--data.init_args.num_sequences=40",
        "--data.init_args.batch_size=4", "--trainer.accelerator=cpu", "--trainer.max_epochs=3",
@@ -188,7 +188,7 @@ def test_token_predictions_have_one_row_per_content_token_with_its_label():
 # ---- feedback -------------------------------------------------------------------------------------
 
 def test_the_primary_validation_metric_is_in_the_progress_bar_and_small_data_logs_every_step(tmp_path):
-    cli = build_cli(["--config", str(CONFIGS / "protein/esm2_tiny.yaml"), *RUN[2:], "--trainer.max_epochs=1",
+    cli = build_cli(["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), *RUN[2:], "--trainer.max_epochs=1",
                      f"--run_dir={tmp_path / 'run'}"], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert "val/auroc" in cli.trainer.progress_bar_metrics and "val/loss" in cli.trainer.progress_bar_metrics

@@ -136,7 +136,7 @@ def test_a_split_smaller_than_the_process_count_is_refused():
 
 # ---- DDP on the CPU: 2 processes x batch 4 == 1 process x batch 8 ------------------------------------
 
-DDP_COMMON = [*cfg("protein/esm2_tiny.yaml", "methods/lora.yaml", "protein/synthetic_motif.yaml"),
+DDP_COMMON = [*cfg("protein/backbones/esm2_tiny.yaml", "methods/lora.yaml", "protein/data/synthetic_motif.yaml"),
               "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
               "--model.backbone.init_args.attention_heads=4",
               "--model.method.init_args.dropout=0", "--model.head_dropout=0",  # no random draws
@@ -227,7 +227,7 @@ class ParseOnlyNoInstances(PeftLabCLI):
 
 
 def parse_trainer_config(name: str, instantiate: bool = True):
-    args = [*cfg("protein/esm2_tiny.yaml", "methods/lora.yaml", "protein/synthetic_motif.yaml", f"trainer/{name}")]
+    args = [*cfg("protein/backbones/esm2_tiny.yaml", "methods/lora.yaml", "protein/data/synthetic_motif.yaml", f"trainer/{name}")]
     if instantiate:
         return ParseOnly(PeftModule, PeftDataModule, subclass_mode_data=True, run=False, args=args).trainer_config
     return ParseOnlyNoInstances(PeftModule, PeftDataModule, subclass_mode_data=True, run=False, args=args).config.trainer

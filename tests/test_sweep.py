@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper"
 TINY_TASK = {
     "name": "motif",
-    "configs": ["configs/protein/esm2_tiny.yaml", "configs/protein/synthetic_motif.yaml"],
+    "configs": ["configs/protein/backbones/esm2_tiny.yaml", "configs/protein/data/synthetic_motif.yaml"],
     "overrides": {"model.backbone.init_args.num_layers": 2, "model.backbone.init_args.embed_dim": 32,
                   "model.backbone.init_args.attention_heads": 4, "data.init_args.num_sequences": 40,
                   "data.init_args.batch_size": 8},
@@ -256,9 +256,9 @@ def test_pareto_front():
 
 
 def test_peftlab_fit_still_runs_next_to_the_sweep_dispatch(tmp_path):
-    assert main(["fit", "--config", str(ROOT / "configs/protein/esm2_tiny.yaml"),
+    assert main(["fit", "--config", str(ROOT / "configs/protein/backbones/esm2_tiny.yaml"),
                  "--config", str(ROOT / "configs/methods/lora.yaml"),
-                 "--config", str(ROOT / "configs/protein/synthetic_motif.yaml"),
+                 "--config", str(ROOT / "configs/protein/data/synthetic_motif.yaml"),
                  "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
                  "--data.init_args.num_sequences=40", "--data.init_args.batch_size=8",
                  "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",

@@ -66,14 +66,19 @@ def fit_method_config(method_yaml: str, args: list[str]) -> None:
     main(args)
 
 
+def model_configs(field: str) -> list[str]:
+    """A field's backbone configs and its paper setups (which name a backbone and a method)."""
+    return sorted(str(p.relative_to(CONFIGS / field)) for kind in ("backbones", "setups")
+                  for p in (CONFIGS / field / kind).glob("*.yaml"))
+
+
 def backbone_configs() -> list[str]:
-    return sorted(p.name for p in (CONFIGS / "protein").glob("*.yaml")
-                  if p.name.startswith("esm2_") or p.name.endswith("2024.yaml"))
+    return model_configs("protein")
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_smoke_cli_fast_dev_run_every_method_config(method_yaml, tmp_path):
-    fit_method_config(method_yaml, ["fit", *cfg("protein/esm2_tiny.yaml", f"methods/{method_yaml}", "protein/synthetic_motif.yaml"),
+    fit_method_config(method_yaml, ["fit", *cfg("protein/backbones/esm2_tiny.yaml", f"methods/{method_yaml}", "protein/data/synthetic_motif.yaml"),
                                     *TINY_BACKBONE, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -85,13 +90,13 @@ def test_smoke_cli_fast_dev_run_every_backbone_and_paper_config(backbone_yaml, t
     extra = [] if "method:" in text else cfg("methods/lora.yaml")
     size = ["--model.backbone.init_args.num_layers=8", "--model.backbone.init_args.embed_dim=16",
             "--model.backbone.init_args.attention_heads=2"] if "last:8" in text else []
-    main(["fit", *cfg(f"protein/{backbone_yaml}"), *extra, *cfg("protein/synthetic_motif.yaml"),
+    main(["fit", *cfg(f"protein/{backbone_yaml}"), *extra, *cfg("protein/data/synthetic_motif.yaml"),
           *TINY_BACKBONE, *size, *SMALL_DATA, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_smoke_cli_fast_dev_run_the_flip_config_on_a_csv_given_on_the_command_line(tmp_path):
     data = write_flip_csv(tmp_path / "tiny_flip.csv")
-    main(["fit", *cfg("protein/esm2_tiny.yaml", "methods/lora.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"),
+    main(["fit", *cfg("protein/backbones/esm2_tiny.yaml", "methods/lora.yaml", "protein/data/flip_gb1.yaml", "trainer/gpu.yaml"),
           *TINY_BACKBONE, f"--data.init_args.path={data}", "--data.init_args.batch_size=4", *FAST,
           "--trainer.precision=32-true", f"--trainer.default_root_dir={tmp_path}"])
 
@@ -103,13 +108,12 @@ SMALL_IMAGES = ["--data.init_args.num_images=40", "--data.init_args.batch_size=8
 
 
 def imaging_backbone_configs() -> list[str]:
-    return sorted(p.name for p in (CONFIGS / "medical").glob("*.yaml")
-                  if p.name not in ("medmnist.yaml", "synthetic_lesion.yaml"))
+    return model_configs("medical")
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_smoke_cli_fast_dev_run_every_method_config_on_a_vit(method_yaml, tmp_path):
-    fit_method_config(method_yaml, ["fit", *cfg("medical/vit_tiny.yaml", f"methods/{method_yaml}", "medical/synthetic_lesion.yaml"),
+    fit_method_config(method_yaml, ["fit", *cfg("medical/backbones/vit_tiny.yaml", f"methods/{method_yaml}", "medical/data/synthetic_lesion.yaml"),
                                     *TINY_VIT, *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -125,7 +129,7 @@ def test_smoke_cli_fast_dev_run_every_imaging_backbone_config(backbone_yaml, tmp
     elif "swin_" in text:
         shrink += ["--model.backbone.init_args.img_size=32", "--data.init_args.image_size=32",
                    "--model.backbone.init_args.in_chans=1"]
-    main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/synthetic_lesion.yaml"), *shrink,
+    main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/data/synthetic_lesion.yaml"), *shrink,
           *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -136,7 +140,7 @@ def test_smoke_cli_fast_dev_run_the_medmnist_config_on_an_npz_given_on_the_comma
         arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
     np.savez(tmp_path / "tiny.npz", **arrays)
-    main(["fit", *cfg("medical/vit_tiny.yaml", "methods/lora.yaml", "medical/medmnist.yaml"), *TINY_VIT,
+    main(["fit", *cfg("medical/backbones/vit_tiny.yaml", "methods/lora.yaml", "medical/data/medmnist.yaml"), *TINY_VIT,
           "--data.path", str(tmp_path / "tiny.npz"), "--data.init_args.batch_size=8", *FAST,
           f"--trainer.default_root_dir={tmp_path}"])
 
@@ -146,16 +150,16 @@ TINY_ENCODER = ["--model.backbone.init_args.pretrained=false", "--model.backbone
                 "--model.backbone.init_args.embed_dim=64", "--model.backbone.init_args.num_heads=4",
                 "--model.backbone.init_args.ff_dim=128", "--model.backbone.init_args.conv_channels=32"]
 SMALL_CLIPS = ["--data.init_args.num_clips=40", "--data.init_args.batch_size=8"]
-SPEECH_DATA = ("fsdd.yaml", "speech_commands.yaml", "emotion_csv.yaml", "synthetic_tones.yaml")
+SPEECH_DATA = tuple(sorted(p.name for p in (CONFIGS / "speech" / "data").glob("*.yaml")))
 
 
 def speech_backbone_configs() -> list[str]:
-    return sorted(p.name for p in (CONFIGS / "speech").glob("*.yaml") if p.name not in SPEECH_DATA)
+    return model_configs("speech")
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
 def test_smoke_cli_fast_dev_run_every_method_config_on_a_speech_encoder(method_yaml, tmp_path):
-    fit_method_config(method_yaml, ["fit", *cfg("speech/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/synthetic_tones.yaml"),
+    fit_method_config(method_yaml, ["fit", *cfg("speech/backbones/hubert_tiny.yaml", f"methods/{method_yaml}", "speech/data/synthetic_tones.yaml"),
                                     *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -168,7 +172,7 @@ def test_smoke_cli_fast_dev_run_every_speech_backbone_config(backbone_yaml, tmp_
         tiny = ["--model.backbone.init_args.pretrained=false", "--model.backbone.init_args.num_layers=2",
                 "--model.backbone.init_args.hidden_size=64", "--model.backbone.init_args.num_heads=4",
                 "--model.backbone.init_args.intermediate_size=128", "--model.backbone.init_args.conv_dim=32"]
-    main(["fit", *cfg(f"speech/{backbone_yaml}"), *extra, *cfg("speech/synthetic_tones.yaml"), *tiny,
+    main(["fit", *cfg(f"speech/{backbone_yaml}"), *extra, *cfg("speech/data/synthetic_tones.yaml"), *tiny,
           *SMALL_CLIPS, *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
@@ -200,17 +204,17 @@ def test_smoke_cli_fast_dev_run_every_speech_data_config_on_files_given_on_the_c
             rows.append(f"clip{i}.wav,{'happy' if i % 2 else 'sad'}")
         path = tmp_path / "emotion.csv"
         path.write_text("\n".join(rows) + "\n")
-    main(["fit", *cfg("speech/hubert_tiny.yaml", "methods/lora.yaml", f"speech/{data_yaml}"),
+    main(["fit", *cfg("speech/backbones/hubert_tiny.yaml", "methods/lora.yaml", f"speech/data/{data_yaml}"),
           "--data.path", str(path), "--data.init_args.batch_size=4", *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_every_yaml_is_covered_by_a_cli_test():
     covered = {f"methods/{m}" for m in method_configs()} | {f"protein/{b}" for b in backbone_configs()}
-    covered |= {"protein/esm2_tiny.yaml", "protein/synthetic_motif.yaml", "protein/flip_gb1.yaml", "trainer/gpu.yaml"}
+    covered |= {"protein/backbones/esm2_tiny.yaml", "protein/data/synthetic_motif.yaml", "protein/data/flip_gb1.yaml", "trainer/gpu.yaml"}
     covered |= {"trainer/ddp.yaml", "trainer/fsdp.yaml", "trainer/deepspeed.yaml"}  # parsed (and DDP run) in tests/test_scaling.py
-    covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/medmnist.yaml",
-                                                                        "medical/synthetic_lesion.yaml"}
-    covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/{d}" for d in SPEECH_DATA}
+    covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/data/medmnist.yaml",
+                                                                        "medical/data/synthetic_lesion.yaml"}
+    covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/data/{d}" for d in SPEECH_DATA}
     covered |= {f"paper/{p.name}" for p in (CONFIGS / "paper").glob("*.yaml")}  # dry-run and parse-checked in tests/test_sweep.py
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
     assert found <= covered, f"configs without a CLI test: {sorted(found - covered)}"
@@ -276,7 +280,7 @@ def test_checkpoint_refuses_another_backbone(tmp_path):
 
 
 def test_predict_writes_a_csv_row_per_test_sequence(tmp_path):
-    args = [*cfg("protein/esm2_tiny.yaml", "methods/lora.yaml", "protein/synthetic_motif.yaml"), *TINY_BACKBONE,
+    args = [*cfg("protein/backbones/esm2_tiny.yaml", "methods/lora.yaml", "protein/data/synthetic_motif.yaml"), *TINY_BACKBONE,
             *SMALL_DATA, "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"]
     main(["fit", *args, "--trainer.max_epochs=1"])
     ckpt = next(tmp_path.rglob("*.ckpt"))

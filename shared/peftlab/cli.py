@@ -35,8 +35,8 @@ commands:
 {commands}
 
 'peftlab COMMAND --help' shows a command's options. Configs compose left to right, e.g.
-  peftlab fit --config configs/protein/esm2_tiny.yaml --config configs/methods/lora.yaml \\
-              --config configs/protein/synthetic_motif.yaml --run_dir runs/motif-lora
+  peftlab fit --config configs/protein/backbones/esm2_tiny.yaml --config configs/methods/lora.yaml \\
+              --config configs/protein/data/synthetic_motif.yaml --run_dir runs/motif-lora
   peftlab test --config ... --run_dir runs/motif-lora          # the run's selected checkpoint
 Errors are one paragraph; add --traceback (or PEFTLAB_TRACEBACK=1) for the full traceback.
 """

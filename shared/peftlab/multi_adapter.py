@@ -38,7 +38,7 @@ The command line, ``peftlab predict-adapters``, writes one predictions CSV per
 adapter (the columns of ``peftlab predict``)::
 
     peftlab predict-adapters --adapters gb1=runs/gb1/adapter stab=runs/stab/adapter \\
-        --data-config configs/protein/flip_gb1.yaml --data.path test.csv --output-dir predictions/
+        --data-config configs/protein/data/flip_gb1.yaml --data.path test.csv --output-dir predictions/
 
 The model is meant for inference: it is built in eval mode, and switching an
 adapter freezes it (``inference_mode``).
@@ -312,7 +312,7 @@ def build_data_module(configs: Sequence[str], overrides: Sequence[str]):
     for path in configs:
         section = _yaml_section(path, ["data"])
         if section is None:
-            raise ValueError(f"{path}: no data: section (expected a data config such as configs/protein/flip_gb1.yaml)")
+            raise ValueError(f"{path}: no data: section (expected a data config such as configs/protein/data/flip_gb1.yaml)")
         args += ["--data", json.dumps(section)]
     cfg = parser.parse_args(args + list(overrides))
     return parser.instantiate(cfg).data

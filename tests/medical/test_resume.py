@@ -21,8 +21,8 @@ CONFIGS = ROOT / "configs"
 ALWAYS = dict(flip_prob=0.5, rotate_prob=1.0, zoom_prob=1.0)  # every item rotated and zoomed, half flipped
 # tiny ViT (1 block x 192, 4 px patches, 28 px), LoRA, 40 synthetic images (32 train) in batches of 4:
 # 8 batches per epoch, augmentation on
-RUN = ["--config", str(CONFIGS / "medical/vit_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "medical/synthetic_lesion.yaml"), "--model.backbone.init_args.depth=1",
+RUN = ["--config", str(CONFIGS / "medical/backbones/vit_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+       "--config", str(CONFIGS / "medical/data/synthetic_lesion.yaml"), "--model.backbone.init_args.depth=1",
        "--data.init_args.num_images=40", "--data.init_args.batch_size=4", "--data.init_args.augment=true",
        *[f"--data.init_args.{k}={v}" for k, v in ALWAYS.items()],
        "--trainer.accelerator=cpu", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",

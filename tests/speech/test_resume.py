@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 # tiny HuBERT (2 x 64), LoRA, 40 synthetic 0.25 s clips (32 train) in batches of 4: 8 batches per epoch,
 # augmentation (random shift and gain) on
-RUN = ["--config", str(CONFIGS / "speech/hubert_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "speech/synthetic_tones.yaml"),
+RUN = ["--config", str(CONFIGS / "speech/backbones/hubert_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
+       "--config", str(CONFIGS / "speech/data/synthetic_tones.yaml"),
        "--data.init_args.num_clips=40", "--data.init_args.clip_seconds=0.25", "--data.init_args.batch_size=4",
        "--data.init_args.augment=true", "--data.init_args.shift_prob=0.5", "--data.init_args.gain_prob=0.5",
        "--trainer.accelerator=cpu", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",

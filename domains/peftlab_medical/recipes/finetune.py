@@ -2,21 +2,21 @@
 print metrics and cost.
 
     # offline: random-init ViT, synthetic lesion task, LoRA
-    python domains/peftlab_medical/recipes/finetune.py --config configs/medical/vit_tiny.yaml \
-        --config configs/methods/lora.yaml --config configs/medical/synthetic_lesion.yaml
+    python domains/peftlab_medical/recipes/finetune.py --config configs/medical/backbones/vit_tiny.yaml \
+        --config configs/methods/lora.yaml --config configs/medical/data/synthetic_lesion.yaml
 
     # MeLo (needs the ViT-B/16 weights and the data)
     python domains/peftlab_medical/recipes/finetune.py --setup melo \
-        --config configs/medical/medmnist.yaml --data.path pneumoniamnist.npz --data.image_size 224
+        --config configs/medical/data/medmnist.yaml --data.path pneumoniamnist.npz --data.image_size 224
 
     # a Dutt-style comparison: one run per method config, same backbone and data
     for m in full linear_probe bitfit lora ssf adapter adaptformer prompt_deep; do
-        python domains/peftlab_medical/recipes/finetune.py --config configs/medical/vit_base.yaml \
-            --config configs/methods/$m.yaml --config configs/medical/medmnist.yaml \
+        python domains/peftlab_medical/recipes/finetune.py --config configs/medical/backbones/vit_base.yaml \
+            --config configs/methods/$m.yaml --config configs/medical/data/medmnist.yaml \
             --data.path pneumoniamnist.npz --data.image_size 224
     done
 
-``--setup NAME`` prepends ``configs/medical/NAME.yaml``; every other argument
+``--setup NAME`` prepends ``configs/medical/setups/NAME.yaml``; every other argument
 goes to the Lightning CLI, so any field can be overridden.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from peftlab.experiment import recipe_main
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "medical"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "medical" / "setups"
 SETUPS = ("melo",)
 
 

@@ -2,19 +2,19 @@
 test it, and print metrics and cost.
 
     # offline: random-init HuBERT-shaped encoder, synthetic tones, LoRA
-    python domains/peftlab_speech/recipes/finetune.py --config configs/speech/hubert_tiny.yaml \
-        --config configs/methods/lora.yaml --config configs/speech/synthetic_tones.yaml
+    python domains/peftlab_speech/recipes/finetune.py --config configs/speech/backbones/hubert_tiny.yaml \
+        --config configs/methods/lora.yaml --config configs/speech/data/synthetic_tones.yaml
 
     # Chen et al. 2022: Houlsby adapters on HuBERT base, keyword spotting (needs weights and data);
     # their LoRA / BitFit rows: add --config configs/methods/<method>.yaml after the setup (prefix tuning: not yet)
     python domains/peftlab_speech/recipes/finetune.py --setup chen2022_hubert_adapters \
-        --config configs/speech/speech_commands.yaml --data.path speech_commands_v0.02
+        --config configs/speech/data/speech_commands.yaml --data.path speech_commands_v0.02
 
     # PEFT-SER: LoRA on WavLM for emotion, UAR reported
     python domains/peftlab_speech/recipes/finetune.py --setup peft_ser_wavlm_lora \
-        --config configs/speech/emotion_csv.yaml --data.path crema_d.csv
+        --config configs/speech/data/emotion_csv.yaml --data.path crema_d.csv
 
-``--setup NAME`` prepends ``configs/speech/NAME.yaml``; every other argument
+``--setup NAME`` prepends ``configs/speech/setups/NAME.yaml``; every other argument
 goes to the Lightning CLI, so any field can be overridden.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from peftlab.experiment import recipe_main
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "speech"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "speech" / "setups"
 SETUPS = ("chen2022_hubert_adapters", "peft_ser_wavlm_lora")
 
 

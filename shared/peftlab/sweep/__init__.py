@@ -16,11 +16,11 @@ header) has these keys::
     overrides: {}             # optional: CLI overrides for every cell, {trainer.max_epochs: 2, ...}
     backbones:                # optional axis, crossed with every task; leave it out when the
       - name: vit-b           # task configs name the backbone themselves
-        configs: [configs/medical/vit_base.yaml]
+        configs: [configs/medical/backbones/vit_base.yaml]
         overrides: {}
     tasks:                    # required: the data (and backbone, without a backbones axis)
       - name: protein-motif
-        configs: [configs/protein/esm2_tiny.yaml, configs/protein/synthetic_motif.yaml]
+        configs: [configs/protein/backbones/esm2_tiny.yaml, configs/protein/data/synthetic_motif.yaml]
         overrides: {trainer.max_epochs: 2}
         metric: null          # optional: the reported metric (default: PRIMARY_METRIC of the task type)
     methods:                  # required

@@ -111,7 +111,7 @@ def run_peftlab(method: str, args) -> dict:
 
     from peftlab.callbacks import StepTimer
     from peftlab.methods import count_parameters
-    from peftlab.module import PeftModule
+    from peftlab.model.module import PeftModule
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*(GPU|TPU|HPU) available.*")

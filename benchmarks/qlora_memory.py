@@ -54,7 +54,7 @@ def run_one(name: str, args) -> dict:
     from torch.utils.data import DataLoader
 
     from peftlab.methods import build_method, count_parameters
-    from peftlab.module import PeftModule
+    from peftlab.model.module import PeftModule
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ def method_configs() -> list[tuple[Path, dict]]:
 
 
 def build(model_section: dict, source: Path):
-    from peftlab.checkpoint import import_class
+    from peftlab.persistence.adapter import import_class
     from peftlab.methods import Method
 
     spec = model_section["method"]

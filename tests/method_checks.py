@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from peftlab import PeftModule, build_method
-from peftlab.checkpoint import load_adapter, merge_adapter, save_adapter
+from peftlab.model.loading import load_adapter, merge_adapter
+from peftlab.persistence.adapter import save_adapter
 from peftlab.methods import count_parameters
 
 
@@ -149,7 +150,7 @@ def adapter_family_count(name: str, opts: dict, dim: int, blocks: int) -> int:
 def check_empty_prefix_matches_library(make_backbone, batch) -> None:
     """Our prefix-attention forward, with no prefix tokens, equals the library's own
     attention (so a prefix is the only thing it adds); with tokens, it changes the output."""
-    from peftlab.methods.prefix import KVPrefix
+    from peftlab.methods.prompts import KVPrefix
 
     base, prefixed = make_backbone().eval(), make_backbone().eval()
     build_method("prefix", num_tokens=3).apply(prefixed)

@@ -82,7 +82,7 @@ def test_a_backbone_that_cannot_read_the_data_is_caught_before_training(tmp_path
 
 def test_predict_adapters_refuses_an_adapter_whose_backbone_cannot_read_the_data(tmp_path, capsys):
     from peftlab import PeftModule, build_method
-    from peftlab.checkpoint import save_adapter
+    from peftlab.persistence.adapter import save_adapter
     from peftlab_medical import TimmBackbone
 
     backbone = TimmBackbone(name="vit_tiny_patch16_224", img_size=28, patch_size=4, depth=1, in_chans=1)

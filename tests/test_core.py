@@ -10,10 +10,12 @@ import torch
 
 from peftlab import PeftModule, build_method, select_layers
 from peftlab.backbone import Features
-from peftlab.checkpoint import AdapterFileError, load_adapter, save_adapter
+from peftlab.errors import AdapterFileError
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.adapter import save_adapter
 from peftlab.data import LengthGroupedBatchSampler, seeded_split
-from peftlab.heads import Pooling, TaskHead
-from peftlab.metrics import build_metrics, loss_and_predictions
+from peftlab.model.heads import Pooling, TaskHead
+from peftlab.model.metrics import build_metrics, loss_and_predictions
 
 from tests.conftest import make_backbone
 
@@ -206,7 +208,7 @@ def test_assign_splits_carves_missing_splits_and_refuses_partial_marks():
 
 
 def test_layer_weighted_sum_trains_one_weight_per_layer_and_round_trips(tmp_path):
-    from peftlab.heads import LayerWeightedSum
+    from peftlab.model.heads import LayerWeightedSum
 
     toy = make_backbone("toy")  # 2 blocks: embeddings + 2 layer outputs
     module = PeftModule(toy, build_method("linear_probe"), task_type="multiclass", num_outputs=3,

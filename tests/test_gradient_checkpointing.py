@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from peftlab import METHODS, PeftModule, build_method
-from peftlab.checkpoint import load_adapter, save_adapter
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.adapter import save_adapter
 from peftlab.toy import ToyTransformer
 from peftlab_medical import TimmBackbone
 from peftlab_protein import ESM2Backbone

@@ -203,7 +203,8 @@ def test_boft_refuses_butterflies_it_cannot_compute_here():
 
 def test_pissa_reloads_exactly_from_a_fresh_backbone(tmp_path):
     # the frozen residual is recomputed (deterministic SVD), not stored: the reloaded model must match
-    from peftlab.checkpoint import load_adapter, save_adapter
+    from peftlab.model.loading import load_adapter
+    from peftlab.persistence.adapter import save_adapter
 
     module = PeftModule(make_backbone("esm2"), build_method("pissa", r=4), task_type="regression", num_outputs=1)
     with torch.no_grad():

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from peftlab import METHODS, BackboneMismatchError, PeftModule, build_method
-from peftlab.checkpoint import load_adapter, save_adapter
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.adapter import save_adapter
 
 from tests.conftest import BACKBONE_KINDS, TINY_ESM, TINY_TOY, make_backbone, make_batch
 from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,

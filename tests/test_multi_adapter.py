@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from peftlab import BackboneMismatchError, PeftModule, build_method
-from peftlab.checkpoint import load_adapter, save_adapter
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.adapter import save_adapter
 from peftlab.cli import main
 from peftlab.multi_adapter import AdapterView, MultiAdapterModel, default_adapter_name
 from peftlab_protein import ESM2Backbone
@@ -194,7 +195,7 @@ def test_an_adapter_config_naming_a_function_is_refused_as_load_adapter_refuses_
     import json
     import shutil
 
-    from peftlab.checkpoint import AdapterFileError
+    from peftlab.errors import AdapterFileError
 
     directory = tmp_path / "tampered"
     shutil.copytree(adapters["alpha"], directory)

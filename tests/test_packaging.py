@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,11 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_built_wheel_contains_and_imports_core_and_domains(tmp_path):
+    # setuptools reuses build/lib: a module deleted from the source would stay in the wheel
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("peftlab-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "peftlab/module.py" in names and "peftlab_protein/backbones.py" in names
+    assert "peftlab/model/module.py" in names and "peftlab_protein/__init__.py" in names
     assert not any(n.startswith(("shared/", "domains/", "tests/")) for n in names)
     entry_points = zipfile.ZipFile(wheel).read("peftlab-0.1.0.dist-info/entry_points.txt").decode()
     assert "peftlab = peftlab.cli:console_main" in entry_points

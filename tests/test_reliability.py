@@ -27,8 +27,10 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from safetensors.torch import load_file
 
 from peftlab import BackboneMismatchError, PeftModule
-from peftlab.checkpoint import (AdapterFileError, AtomicCheckpointIO, CheckpointFileError, NonFiniteLossError,
-                                load_adapter, load_checkpoint_file, save_adapter)
+from peftlab.errors import AdapterFileError, CheckpointFileError, NonFiniteLossError
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.adapter import save_adapter
+from peftlab.persistence.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from peftlab.errors import RunFolderError
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader

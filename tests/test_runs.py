@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from peftlab.callbacks import prediction_table
-from peftlab.checkpoint import load_adapter, load_checkpoint_file
+from peftlab.model.loading import load_adapter
+from peftlab.persistence.checkpoint_io import load_checkpoint_file
 from peftlab.cli import main
 from peftlab.experiment import fit_and_test
 from peftlab.lightning_cli import build_cli

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.safe_load import UnsafeWeightsError
+from peftlab.errors import UnsafeWeightsError
 from peftlab_protein import ESM2Backbone
 
 from tests.protein.test_backbones import tokens_for, write_fair_esm_checkpoint

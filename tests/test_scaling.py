@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 
 from peftlab import PeftModule, build_method
 from peftlab.callbacks import AdapterExport
-from peftlab.checkpoint import load_adapter
+from peftlab.model.loading import load_adapter
 from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule
 from peftlab.distributed import backbone_blocks_policy, gather_trainable_state, unwrapped_name
@@ -481,7 +481,7 @@ def test_a_qlora_adapter_loads_onto_the_full_precision_backbone_when_asked(tmp_p
     again; with quantize overridden it loads on the full-precision one, here on the CPU."""
     import json
 
-    from peftlab.checkpoint import save_adapter
+    from peftlab.persistence.adapter import save_adapter
 
     module = PeftModule(ToyTransformer(depth=1), build_method("lora", r=2), task_type="regression", num_outputs=1)
     save_adapter(module, tmp_path)

@@ -247,7 +247,7 @@ def test_checkpoint_holds_only_trained_state_and_run_metadata(tmp_path):
     assert all("lora_" in k or k.startswith("head.") for k in ckpt["state_dict"])
     meta = ckpt["peftlab"]
     assert meta["method"]["name"] == "lora" and meta["backbone_identity"] == module.backbone_identity
-    assert meta["backbone"]["class_path"] == "peftlab_protein.backbones.ESM2Backbone"
+    assert meta["backbone"]["class_path"] == "peftlab_protein.ESM2Backbone"  # the public path, stable across moves
 
 
 def test_resume_continues_the_same_run(tmp_path):

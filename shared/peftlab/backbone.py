@@ -49,6 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from peftlab.classpath import public_class_path
+
 
 @dataclass
 class Features:
@@ -148,8 +150,7 @@ class Backbone(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """``class_path`` + ``init_args``: enough to build this backbone again."""
-        cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.init_args)}
+        return {"class_path": public_class_path(type(self)), "init_args": dict(self.init_args)}
 
     def identity(self) -> dict[str, Any]:
         """Name, architecture and a fingerprint of the weights: what an adapter was trained on."""

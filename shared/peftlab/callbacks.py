@@ -14,7 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from peftlab.checkpoint import atomic_write, load_checkpoint_file, save_adapter
+from peftlab.persistence.adapter import save_adapter
+from peftlab.persistence.atomic import atomic_write
+from peftlab.persistence.checkpoint_io import load_checkpoint_file
 from peftlab.distributed import gather_to_rank_zero, gather_trainable_state
 from peftlab.errors import CheckpointFileError
 from peftlab.runs import describe_selection, run_folder, selected_checkpoint

@@ -2,7 +2,7 @@
 
     peftlab fit|validate|test|predict ...   the Lightning CLI (peftlab.lightning_cli)
     peftlab sweep --config PAPER.yaml        a paper table (peftlab.sweep)
-    peftlab predict-adapters ...             several adapters on one backbone (peftlab.multi_adapter)
+    peftlab predict-adapters ...             several adapters on one backbone (peftlab.predict_adapters)
     peftlab list [methods|backbones|data]    what can be named in a config (peftlab.catalog)
 
 :func:`main` raises peftlab's errors (for callers and tests); the console
@@ -59,7 +59,7 @@ def main(args: list[str] | None = None) -> int | None:
 
         return sweep_main(argv[1:])
     if command == "predict-adapters":
-        from peftlab.multi_adapter import main as predict_adapters_main
+        from peftlab.predict_adapters import main as predict_adapters_main
 
         return predict_adapters_main(argv[1:])
     if command == "list":

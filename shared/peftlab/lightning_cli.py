@@ -37,10 +37,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from peftlab.callbacks import AdapterExport, EvaluationRecord, PredictionCSVWriter, RunFeedback
-from peftlab.checkpoint import load_checkpoint_file, use_atomic_checkpoint_io
+from peftlab.persistence.checkpoint_io import load_checkpoint_file, use_atomic_checkpoint_io
 from peftlab.data import PeftDataModule
 from peftlab.errors import RunFolderError
-from peftlab.module import PeftModule
+from peftlab.model.module import PeftModule
 from peftlab.runs import (CHECKPOINT_DIR, RUN_DIR_ATTR, CheckpointOptions, RunCSVLogger, best_checkpoint,
                           check_new_run_folder, drop_metric_rows_after, resolve_checkpoint, run_of_checkpoint)
 

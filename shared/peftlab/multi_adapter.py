@@ -34,8 +34,8 @@ Adapter names come from the directories (the folder's name; for the
 ``adapter`` folder that ``AdapterExport`` writes, its parent's, e.g.
 ``version_3``) or are given (a mapping, or ``NAME=DIR`` on the command line).
 
-The command line, ``peftlab predict-adapters``, writes one predictions CSV per
-adapter (the columns of ``peftlab predict``)::
+The command line, ``peftlab predict-adapters`` (:mod:`peftlab.predict_adapters`),
+writes one predictions CSV per adapter (the columns of ``peftlab predict``)::
 
     peftlab predict-adapters --adapters gb1=runs/gb1/adapter stab=runs/stab/adapter \\
         --data-config configs/protein/data/flip_gb1.yaml --data.path test.csv --output-dir predictions/
@@ -46,14 +46,10 @@ adapter freezes it (``inference_mode``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
-import json
 import os
 import re
-import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,10 +57,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from peftlab.backbone import Backbone, check_backbone_reads_data
-from peftlab.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, AdapterFileError, build_method_from_spec, head_options,
-                                import_class, load_adapter, read_adapter_config, read_adapter_weights)
-from peftlab.module import BackboneMismatchError, PeftModule, check_identity, shape_mismatches
+from peftlab.backbone import Backbone
+from peftlab.errors import AdapterFileError, BackboneMismatchError
+from peftlab.methods.peft_support import PeftMethod
+from peftlab.model.loading import build_method_from_spec, load_adapter
+from peftlab.model.module import PeftModule
+from peftlab.persistence.adapter import (CONFIG_FILE, WEIGHTS_FILE, check_identity, head_options, import_class,
+                                         read_adapter_config, read_adapter_weights, shape_mismatches)
 
 PathLike = str | os.PathLike
 #: method name -> the peft layer family whose adapters can sit side by side in one backbone
@@ -209,25 +208,15 @@ class MultiAdapterModel(nn.Module):
     def _family(method) -> str | None:
         """The peft layer family an adapter shares a backbone with, or None (a backbone of its own)."""
         family = SHARED_FAMILIES.get(method.name)
-        if family is None or getattr(method, "rewrites_frozen_weights", False) or not hasattr(method, "_inject"):
+        if family is None or getattr(method, "rewrites_frozen_weights", False) or not isinstance(method, PeftMethod):
             return None
         return family
 
     @staticmethod
     def _load_shared(name: str, directory: Path, meta: dict[str, Any], method, backbone: Backbone,
                      identity: dict[str, Any]) -> AdapterView:
-        from peft import inject_adapter_in_model
-
-        def inject_named(target: Backbone, config) -> None:  # the config the method built, under this name
-            with warnings.catch_warnings():  # "Already found a `peft_config` attribute": the point here
-                warnings.filterwarnings("ignore", message=".*peft_config.*")
-                inject_adapter_in_model(config, target, adapter_name=name)
-
-        method._inject = inject_named  # PeftModule.__init__ applies the method: it injects as `name`
-        try:
-            view = AdapterView(backbone, method, **head_options(meta))
-        finally:
-            del method._inject
+        method.adapter_name = name  # PeftModule.__init__ applies the method: it injects as `name`
+        view = AdapterView(backbone, method, **head_options(meta))
         view.adapter_name = name
         view.backbone_identity = identity  # what the adapter was trained on (not the multi-adapter backbone's)
         view.backbone_spec = meta["backbone"]
@@ -271,127 +260,3 @@ class MultiAdapterModel(nn.Module):
 
 
 # ---- the command line: peftlab predict-adapters -------------------------------------------------------
-
-def _parse_adapters(items: Sequence[str]) -> list[str] | dict[str, str]:
-    pairs = [item.split("=", 1) if "=" in item and not Path(item).exists() else [None, item] for item in items]
-    if all(n is None for n, _ in pairs):
-        return [d for _, d in pairs]
-    if any(n is None for n, _ in pairs):
-        raise ValueError("name either every adapter (NAME=DIR) or none")
-    named: dict[str, str] = {}
-    for n, d in pairs:
-        if n in named:
-            raise ValueError(f"adapter name {n!r} is given twice")
-        named[n] = d
-    return named
-
-
-def _yaml_section(path: str, keys: Sequence[str]) -> Any:
-    import yaml
-
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def build_data_module(configs: Sequence[str], overrides: Sequence[str]):
-    """A data module from the ``data:`` sections of YAML configs (later ones win; the same
-    files as for ``peftlab fit``, whose other sections are ignored) and ``--data.KEY=VALUE``
-    overrides, through jsonargparse as the LightningCLI does."""
-    from jsonargparse import ArgumentParser
-
-    from peftlab.data import PeftDataModule
-
-    parser = ArgumentParser(prog="peftlab predict-adapters", exit_on_error=False)
-    parser.add_subclass_arguments(PeftDataModule, "data", required=True)
-    args: list[str] = []
-    for path in configs:
-        section = _yaml_section(path, ["data"])
-        if section is None:
-            raise ValueError(f"{path}: no data: section (expected a data config such as configs/protein/data/flip_gb1.yaml)")
-        args += ["--data", json.dumps(section)]
-    cfg = parser.parse_args(args + list(overrides))
-    return parser.instantiate(cfg).data
-
-
-def predict_to_csvs(model: MultiAdapterModel, datamodule, output_dir: PathLike, accelerator: str = "auto",
-                    devices: int | str = 1) -> dict[str, Path]:
-    """Run every adapter over the data module's predict split with a Lightning
-    ``Trainer``; ``<output_dir>/<name>.csv`` per adapter, as ``peftlab predict`` writes it."""
-    import lightning as L
-
-    from peftlab.callbacks import PredictionCSVWriter
-
-    output_dir = Path(output_dir)
-    written: dict[str, Path] = {}
-    for name in model.names:
-        path = output_dir / f"{name}.csv"
-        trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[PredictionCSVWriter(output=str(path))])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            trainer.predict(model.module(name), datamodule=datamodule)
-        written[name] = path
-    return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``peftlab predict-adapters --adapters [NAME=]DIR ... --data-config DATA.yaml [--data.KEY=VALUE ...]``"""
-    parser = argparse.ArgumentParser(
-        prog="peftlab predict-adapters",
-        description="Load several adapters onto one backbone and write one predictions CSV per adapter "
-                    "(LoRA / DoRA / IA3 share the backbone through peft's multi-adapter support; other "
-                    "methods get a copy each). Every adapter must have been trained on the same backbone.",
-        epilog="Data overrides: --data.KEY=VALUE (as for peftlab fit, e.g. --data.path test.csv).")
-    parser.add_argument("--adapters", nargs="+", required=True, metavar="[NAME=]DIR",
-                        help="adapter directories (adapter.safetensors + adapter_config.json); names default to "
-                             "the folder's name (the parent's for an 'adapter' folder)")
-    parser.add_argument("--data-config", action="append", required=True, metavar="YAML",
-                        help="YAML whose data: section is the data module (repeatable, later wins)")
-    parser.add_argument("--backbone-config", metavar="YAML",
-                        help="YAML with the backbone (model: backbone: or backbone: class_path / init_args); "
-                             "default: the first adapter's recorded spec")
-    parser.add_argument("--output-dir", default="predictions", help="where <name>.csv go (default: predictions)")
-    parser.add_argument("--split", choices=("train", "val", "test"), help="split to predict (default: the data "
-                        "module's predict_split, test)")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
-    parser.add_argument("--force", action="store_true",
-                        help="accept adapters whose recorded backbone identity differs from the backbone's")
-    ns, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    bad = [a for i, a in enumerate(rest) if not a.startswith("--data.")
-           and not (i > 0 and rest[i - 1].startswith("--data.") and "=" not in rest[i - 1])]  # --data.KEY VALUE
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)}")
-    try:
-        overrides = list(rest) + ([f"--data.predict_split={ns.split}"] if ns.split else [])
-        datamodule = build_data_module(ns.data_config, overrides)
-        backbone = None
-        if ns.backbone_config:
-            spec = (_yaml_section(ns.backbone_config, ["model", "backbone"])
-                    or _yaml_section(ns.backbone_config, ["backbone"]) or _yaml_section(ns.backbone_config, []))
-            if not isinstance(spec, dict) or "class_path" not in spec:
-                raise ValueError(f"{ns.backbone_config}: no backbone (model: backbone: class_path / init_args)")
-            backbone = build_backbone(spec, Path(ns.backbone_config), trusted=True)
-        model = MultiAdapterModel(_parse_adapters(ns.adapters), backbone=backbone, force=ns.force)
-        for name in model.names:  # before any batch: a backbone that cannot read this data's batches
-            check_backbone_reads_data(model.module(name).backbone, datamodule)
-    except (BackboneMismatchError, AdapterFileError, ValueError, FileNotFoundError, KeyError,
-            argparse.ArgumentError) as e:
-        print(f"peftlab predict-adapters: error: {e}", file=sys.stderr)
-        return 2
-    for name in model.names:
-        how = "shared backbone (peft)" if model.shared[name] else "own backbone copy"
-        print(f"peftlab: adapter {name!r} ({model.module(name).method.name}, {how})")
-    written = predict_to_csvs(model, datamodule, ns.output_dir, accelerator=ns.accelerator)
-    for name, path in written.items():
-        print(f"peftlab: {name}: predictions written to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

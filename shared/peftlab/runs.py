@@ -289,7 +289,7 @@ def drop_metric_rows_after(run: Path, step: int) -> int:
     kept = [r for r in rows if logged_at(r) < step]
     if len(kept) == len(rows):
         return 0
-    from peftlab.checkpoint import atomic_write
+    from peftlab.persistence.atomic import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:

@@ -10,7 +10,7 @@ import esm
 import pytest
 import torch
 
-from peftlab.safe_load import UnsafeWeightsError
+from peftlab.errors import UnsafeWeightsError
 from peftlab_protein import ESM2_SIZES, ESM2Backbone
 
 

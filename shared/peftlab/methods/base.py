@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
+from peftlab.classpath import public_class_path
 
 METHODS: dict[str, type["Method"]] = {}
 M = TypeVar("M", bound=type["Method"])
@@ -89,8 +90,7 @@ class Method:
         return {k: getattr(self, k) for k in params if k != "self"}
 
     def spec(self) -> dict[str, Any]:
-        cls = type(self)
-        return {"name": self.name, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.options()}
+        return {"name": self.name, "class_path": public_class_path(type(self)), "init_args": self.options()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

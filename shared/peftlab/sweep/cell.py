@@ -76,7 +76,7 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     try:
         from peftlab.callbacks import proc_status_mb
         from peftlab.experiment import fit_and_test
-        from peftlab.metrics import PRIMARY_METRIC
+        from peftlab.model.metrics import PRIMARY_METRIC
 
         baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
         summary = fit_and_test(list(spec["args"]) + [f"--trainer.default_root_dir={cell_dir}"],

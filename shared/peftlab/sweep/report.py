@@ -158,61 +158,72 @@ def make_plots(sweep: Sweep, rows: Sequence[dict[str, str]], out: Path) -> list[
         groups = [g for g in _groups(sweep, rows, task.name) if g.ok()]
         if not groups:
             continue
-        metric = groups[0].ok()[0].get("primary_metric", "metric")
-        pts, labels, errs = [], [], []
-        for g in groups:
-            share, _, _ = g.stat("trainable_share")
-            mean, std, _ = g.stat("primary_value")
-            if share is not None and share > 0 and mean is not None:
-                pts.append((share, mean))
-                errs.append(std or 0.0)
-                labels.append(g.label)
-        if pts:
-            fig, ax = plt.subplots(figsize=(6.4, 4.4))
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", ecolor="0.6", capsize=3, label="method")
-            for x, y, lab in zip(xs, ys, labels):
-                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-            front = pareto_front(pts, lower_is_better(metric))
-            ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:red", lw=1.5, zorder=0)
-            ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=120, facecolors="none",
-                       edgecolors="tab:red", label="Pareto front")
-            ax.set_xscale("log")
-            ax.set_xlabel("trainable share of all parameters (log)")
-            ax.set_ylabel(f"{metric} (mean over seeds)")
-            ax.set_title(f"{sweep.name}: {task.name}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            path = out / f"{task.name}_pareto.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
-        fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(max(6.4, 1.1 * len(groups) + 3), 4.0))
-        names = [g.label for g in groups]
-        x = list(range(len(groups)))
-        for ax, key, title in ((ax_mem, "peak_memory_mb", "peak memory (MB)"),
-                               (ax_time, "ms_per_step", "time per step (ms)")):
-            stats = [g.stat(key) for g in groups]
-            means = [m or 0.0 for m, _, _ in stats]
-            stds = [s or 0.0 for _, s, _ in stats]
-            growth = [g.stat("peak_memory_growth_mb")[0] for g in groups] if key == "peak_memory_mb" else []
-            if growth and all(v is not None for v in growth):  # CPU: the process after imports, then the run
-                base = [m - v for m, v in zip(means, growth)]
-                ax.bar(x, base, color="0.8", label="process after imports")
-                ax.bar(x, growth, bottom=base, color="tab:blue", label="growth during the run")
-                ax.legend(fontsize=7, loc="lower right")
-            else:
-                ax.bar(x, means, color="tab:blue")
-            if any(stds):
-                ax.errorbar(x, means, yerr=stds, fmt="none", ecolor="black", capsize=3)
-            ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-            ax.set_title(title)
-            ax.grid(True, axis="y", alpha=0.3)
-        fig.suptitle(f"{sweep.name}: {task.name} (cost per method)")
-        fig.tight_layout()
-        path = out / f"{task.name}_cost.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        title = f"{sweep.name}: {task.name}"
+        pareto = _pareto_plot(plt, groups, title, out / f"{task.name}_pareto.png")
+        written += [pareto] if pareto else []
+        written.append(_cost_plot(plt, groups, title, out / f"{task.name}_cost.png"))
     return written
+
+
+def _pareto_plot(plt: Any, groups: list[_Group], title: str, path: Path) -> Path | None:
+    """Metric against trainable share (log), the Pareto front marked; None when no group has both."""
+    metric = groups[0].ok()[0].get("primary_metric", "metric")
+    pts, labels, errs = [], [], []
+    for g in groups:
+        share, _, _ = g.stat("trainable_share")
+        mean, std, _ = g.stat("primary_value")
+        if share is not None and share > 0 and mean is not None:
+            pts.append((share, mean))
+            errs.append(std or 0.0)
+            labels.append(g.label)
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", ecolor="0.6", capsize=3, label="method")
+    for x, y, lab in zip(xs, ys, labels):
+        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = pareto_front(pts, lower_is_better(metric))
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:red", lw=1.5, zorder=0)
+    ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=120, facecolors="none",
+               edgecolors="tab:red", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable share of all parameters (log)")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cost_plot(plt: Any, groups: list[_Group], title: str, path: Path) -> Path:
+    """Peak memory (the process after imports, then its growth, where measured) and time per step."""
+    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(max(6.4, 1.1 * len(groups) + 3), 4.0))
+    names = [g.label for g in groups]
+    x = list(range(len(groups)))
+    for ax, key, subtitle in ((ax_mem, "peak_memory_mb", "peak memory (MB)"),
+                              (ax_time, "ms_per_step", "time per step (ms)")):
+        stats = [g.stat(key) for g in groups]
+        means = [m or 0.0 for m, _, _ in stats]
+        stds = [s or 0.0 for _, s, _ in stats]
+        growth = [g.stat("peak_memory_growth_mb")[0] for g in groups] if key == "peak_memory_mb" else []
+        if growth and all(v is not None for v in growth):  # CPU: the process after imports, then the run
+            base = [m - v for m, v in zip(means, growth)]
+            ax.bar(x, base, color="0.8", label="process after imports")
+            ax.bar(x, growth, bottom=base, color="tab:blue", label="growth during the run")
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            ax.bar(x, means, color="tab:blue")
+        if any(stds):
+            ax.errorbar(x, means, yerr=stds, fmt="none", ecolor="black", capsize=3)
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(subtitle)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{title} (cost per method)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -3,6 +3,7 @@ a timeout or a kill ends that cell only), keeps ``results.csv`` current, then wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -88,42 +89,72 @@ def _fmt_seconds(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
-    """Run (or, with ``dry_run``, list) every cell not yet recorded as ok, then
-    write the tables and plots."""
-    out = sweep.output
-    cells = sweep.cells()
-    csv_path = out / RESULTS_CSV
-    rows = read_results(csv_path)
-    by_key = {row_key(r): r for r in rows}
-    report = SweepReport(output=out)
-    n_axes = " x ".join([f"{len(sweep.tasks)} task(s)"]
-                        + ([f"{len(sweep.backbones)} backbone(s)"] if sweep.backbones else [])
-                        + [f"{len(sweep.methods)} method(s)", f"{len(sweep.seeds)} seed(s)"])
-    n_excluded = len(sweep.tasks) * max(1, len(sweep.backbones)) * len(sweep.methods) * len(sweep.seeds) - len(cells)
-    print(f"peftlab sweep {sweep.name}: {len(cells)} cells ({n_axes}"
-          f"{f', {n_excluded} excluded' if n_excluded else ''}) -> {out}", flush=True)
+class _Progress:
+    """The sweep's state while it runs: ``results.csv``'s rows, what this invocation did, timing."""
 
-    def state(cell: Cell) -> str:
-        row = by_key.get(cell.key)
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep, self.out = sweep, sweep.output
+        self.csv_path = self.out / RESULTS_CSV
+        self.rows = read_results(self.csv_path)
+        self.by_key = {row_key(r): r for r in self.rows}
+        self.report = SweepReport(output=self.out)
+        self.start, self.durations = time.perf_counter(), []
+
+    def state(self, cell: Cell) -> str:
+        row = self.by_key.get(cell.key)
         if row is None:
             return "pending"
         if row.get("status") != "ok":
             return "failed, will retry"
         return "done" if row.get("args_hash") == cell.args_hash else "config changed, will rerun"
 
-    if dry_run:
-        for k, cell in enumerate(cells, 1):
-            print(f"[{k}/{len(cells)}] {cell.label}  ({state(cell)})  -> {CELLS_DIR}/{cell.dirname}")
-            print("    peftlab fit " + shlex.join(show_path(Path(a), sweep.root) if os.path.isabs(a) else a
-                                                  for a in cell.args))
-        for task, backbone, method, reason in sweep.excluded_cells():
-            print(f"excluded: {' / '.join(p for p in (task, backbone, method) if p)}  ({reason})")
-        return report
+    def record(self, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+        """A finished cell's row goes into ``results.csv`` at once (atomically)."""
+        row = row_from_result(cell, result, self.out)
+        self.by_key[cell.key] = row
+        self.rows = [r for r in self.rows if row_key(r) != cell.key] + [row]
+        write_results(self.csv_path, self.rows)
+        if row["status"] != "ok":
+            self.report.failed.append(cell.dirname)
+        return row
 
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cells if state(c) != "done"]
-    start, durations, k_run = time.perf_counter(), [], 0
+    def elapsed(self) -> str:
+        return _fmt_seconds(time.perf_counter() - self.start)
+
+
+def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
+    """Run (or, with ``dry_run``, list) every cell not yet recorded as ok, then
+    write the tables and plots."""
+    cells = sweep.cells()
+    progress = _Progress(sweep)
+    n_axes = " x ".join([f"{len(sweep.tasks)} task(s)"]
+                        + ([f"{len(sweep.backbones)} backbone(s)"] if sweep.backbones else [])
+                        + [f"{len(sweep.methods)} method(s)", f"{len(sweep.seeds)} seed(s)"])
+    n_excluded = len(sweep.tasks) * max(1, len(sweep.backbones)) * len(sweep.methods) * len(sweep.seeds) - len(cells)
+    print(f"peftlab sweep {sweep.name}: {len(cells)} cells ({n_axes}"
+          f"{f', {n_excluded} excluded' if n_excluded else ''}) -> {sweep.output}", flush=True)
+    if dry_run:
+        _list_cells(sweep, cells, progress)
+        return progress.report
+    sweep.output.mkdir(parents=True, exist_ok=True)
+    with _sigterm_interrupts():
+        _run_cells(sweep, cells, progress)
+    _write_report(sweep, cells, progress)
+    return progress.report
+
+
+def _list_cells(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:
+    for k, cell in enumerate(cells, 1):
+        print(f"[{k}/{len(cells)}] {cell.label}  ({progress.state(cell)})  -> {CELLS_DIR}/{cell.dirname}")
+        print("    peftlab fit " + shlex.join(show_path(Path(a), sweep.root) if os.path.isabs(a) else a
+                                              for a in cell.args))
+    for task, backbone, method, reason in sweep.excluded_cells():
+        print(f"excluded: {' / '.join(p for p in (task, backbone, method) if p)}  ({reason})")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (and Ctrl-C) stop the sweep between writes: results.csv keeps every finished cell."""
     interrupted = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -133,31 +164,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
     if in_main_thread:  # signal handlers can only be set there
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        for k, cell in enumerate(cells, 1):
-            if cell not in todo:
-                report.skipped.append(cell.dirname)
-                print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
-                continue
-            print(f"[{k}/{len(cells)}] {cell.label}: running ({state(cell)}) ...", flush=True)
-            t0 = time.perf_counter()
-            report.launched.append(cell.dirname)
-            result = _launch(cell, sweep, out / CELLS_DIR / cell.dirname)
-            durations.append(time.perf_counter() - t0)
-            k_run += 1
-            result["cell_seconds"] = durations[-1]  # wall time, process start included
-            row = row_from_result(cell, result, out)
-            by_key[cell.key] = row
-            rows = [r for r in rows if row_key(r) != cell.key] + [row]
-            write_results(csv_path, rows)
-            left = len(todo) - k_run
-            eta = left * sum(durations) / len(durations)
-            what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
-                    else f"FAILED: {row['error']}")
-            if row["status"] != "ok":
-                report.failed.append(cell.dirname)
-            print(f"[{k}/{len(cells)}] {cell.label}: {what} ({durations[-1]:.1f} s) | elapsed "
-                  f"{_fmt_seconds(time.perf_counter() - start)}, ETA {_fmt_seconds(eta)} "
-                  f"({left} cell(s) left)", flush=True)
+        yield
     except (KeyboardInterrupt, _Interrupted) as exc:
         print(f"\nsweep interrupted ({exc or 'Ctrl-C'}); {RESULTS_CSV} holds every finished cell, "
               "run the same command again to resume", flush=True)
@@ -166,19 +173,43 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
         if in_main_thread:
             signal.signal(signal.SIGTERM, interrupted)
 
-    ordered = {c.key: c for c in cells}
+
+def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:
+    todo = [c for c in cells if progress.state(c) != "done"]
+    for k, cell in enumerate(cells, 1):
+        if cell not in todo:
+            progress.report.skipped.append(cell.dirname)
+            print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
+            continue
+        print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}) ...", flush=True)
+        t0 = time.perf_counter()
+        progress.report.launched.append(cell.dirname)
+        result = _launch(cell, sweep, sweep.output / CELLS_DIR / cell.dirname)
+        progress.durations.append(time.perf_counter() - t0)
+        result["cell_seconds"] = progress.durations[-1]  # wall time, process start included
+        row = progress.record(cell, result)
+        left = len(todo) - len(progress.durations)
+        eta = left * sum(progress.durations) / len(progress.durations)
+        what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
+                else f"FAILED: {row['error']}")
+        print(f"[{k}/{len(cells)}] {cell.label}: {what} ({progress.durations[-1]:.1f} s) | elapsed "
+              f"{progress.elapsed()}, ETA {_fmt_seconds(eta)} ({left} cell(s) left)", flush=True)
+
+
+def _write_report(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:
+    report, by_key = progress.report, progress.by_key
     planned = [by_key[c.key] for c in cells if c.key in by_key]
-    if set(by_key) - set(ordered):
-        print(f"note: {RESULTS_CSV} also keeps {len(set(by_key) - set(ordered))} row(s) of cells that are no "
-              "longer in the sweep; the tables leave them out")
-    report.markdown = out / RESULTS_MD
+    others = set(by_key) - {c.key for c in cells}
+    if others:
+        print(f"note: {RESULTS_CSV} also keeps {len(others)} row(s) of cells that are no longer in the sweep; "
+              "the tables leave them out")
+    report.markdown = sweep.output / RESULTS_MD
     markdown = render_markdown(sweep, planned)
     atomic_write_text(report.markdown, markdown)
-    report.plots = make_plots(sweep, planned, out)
+    report.plots = make_plots(sweep, planned, sweep.output)
     print("\n" + markdown)
-    print(f"results:  {csv_path}\ntables:   {report.markdown}")
+    print(f"results:  {progress.csv_path}\ntables:   {report.markdown}")
     for p in report.plots:
         print(f"plot:     {p}")
     print(f"{len(report.launched)} cell(s) run, {len(report.skipped)} skipped (done), "
-          f"{sum(r.get('status') != 'ok' for r in planned)} failed; total {_fmt_seconds(time.perf_counter() - start)}")
-    return report
+          f"{sum(r.get('status') != 'ok' for r in planned)} failed; total {progress.elapsed()}")

@@ -1,25 +1,56 @@
-"""SSF (Lian et al. 2022): a learned per-channel scale and shift after each
-linear, convolution and normalisation layer. Dutt et al. found it the best
-PEFT method for CNNs on medical images.
+"""Methods that learn a scale (and shift) of existing activations.
 
-peft has no SSF, so it is written here: each adapted layer gets a child
-``ssf`` module and a forward hook (``y -> y * scale + shift`` over the channel
-dimension: the last one for token states, dimension 1 for feature maps).
-Merging folds the scale and shift into the layer's weight and bias, leaving
-the plain layer.
+* (IA)^3, through HF peft: learned rescaling of keys, values and the MLP.
+* SSF (Lian et al. 2022): a learned per-channel scale and shift after each
+  linear, convolution and normalisation layer. Dutt et al. found it the best
+  PEFT method for CNNs on medical images.
+  
+  peft has no SSF, so it is written here: each adapted layer gets a child
+  ``ssf`` module and a forward hook (``y -> y * scale + shift`` over the channel
+  dimension: the last one for token states, dimension 1 for feature maps).
+  Merging folds the scale and shift into the layer's weight and bias, leaving
+  the plain layer.
 """
 
 from __future__ import annotations
 
 import torch
+from peft import IA3Config
 from torch import Tensor, nn
 
-from peftlab.backbone import Backbone, select_layers
+from peftlab.backbone import Backbone, resolve_targets, select_layers
 from peftlab.methods.base import Method, freeze, register_method
+from peftlab.methods.peft_support import PeftMethod
+
+@register_method("ia3")
+class IA3(PeftMethod):
+    """(IA)^3 (Liu et al. 2022): learned rescaling of keys, values and the MLP.
+
+    Args:
+        targets: modules whose outputs are rescaled (preset or names).
+        feedforward_targets: modules whose *inputs* are rescaled (the MLP output
+            layer in the paper); must also be reachable, they are added to the targets.
+        layers: blocks to adapt.
+    """
+
+    trains = "scales of keys, values and MLP activations"
+
+    family = "scaling"
+
+    def __init__(self, targets: str | list[str] = "ia3", feedforward_targets: str | list[str] = "mlp_out",
+                 layers: list[int] | str | None = None) -> None:
+        self.targets, self.feedforward_targets, self.layers = targets, feedforward_targets, layers
+
+    def apply(self, backbone: Backbone) -> None:
+        targets = resolve_targets(backbone, self.targets, self.layers)
+        feedforward = resolve_targets(backbone, self.feedforward_targets, self.layers)
+        config = IA3Config(target_modules=sorted(set(targets) | set(feedforward)),
+                           feedforward_modules=feedforward, init_ia3_weights=True)
+        self._inject(backbone, config)
+
 
 ADAPTED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d,
                  nn.BatchNorm3d, nn.GroupNorm)
-
 
 def _channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
@@ -32,10 +63,8 @@ def _channels(module: nn.Module) -> int:
         return module.num_channels
     return module.num_features  # batch norms
 
-
 def _channel_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
-
 
 class ScaleShift(nn.Module):
     def __init__(self, channels: int, channel_dim: int) -> None:
@@ -49,10 +78,8 @@ class ScaleShift(nn.Module):
         shape[self.channel_dim] = -1
         return y * self.scale.view(shape) + self.shift.view(shape)
 
-
 def _ssf_hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
     return module.ssf(output)
-
 
 @register_method("ssf")
 class SSF(Method):

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import lightning as L
 import torch
-import random
 from torch import Tensor
 
 from peftlab.backbone import Backbone, check_backbone_reads_data
-from peftlab.cache import FeatureCache
 from peftlab.distributed import unwrapped_name
-from peftlab.errors import BackboneMismatchError, CheckpointFileError, NonFiniteLossError  # noqa: F401 (re-exported)
-from peftlab.heads import TaskHead
+from peftlab.errors import CheckpointFileError, NonFiniteLossError
 from peftlab.methods import LoRA, Method, count_parameters
-from peftlab.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
-
-CHECKPOINT_KEY = "peftlab"
-FORMAT_VERSION = 1
-LOADED_FROM_KEY = "_peftlab_loaded_from"  # set by peftlab.checkpoint's loader: the file, for messages
+from peftlab.model.cache import FeatureCache
+from peftlab.model.heads import TaskHead
+from peftlab.model.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
+from peftlab.persistence.adapter import check_identity, shape_mismatches
+from peftlab.persistence.checkpoint_io import CHECKPOINT_KEY, FORMAT_VERSION, LOADED_FROM_KEY
 
 
 def check_finite_loss(module: L.LightningModule, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
@@ -53,21 +51,8 @@ def check_finite_loss(module: L.LightningModule, loss: Tensor, batch: dict[str, 
         f"(peftlab never writes non-finite weights). {cause}")
 
 
-def shape_mismatches(expected: dict[str, Tensor], given: dict[str, Tensor]) -> list[str]:
-    """``"name (given shape) != (expected shape)"`` for every tensor of ``expected`` that
-    ``given`` holds with another shape (checkpoint and adapter loading)."""
-    return [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}"
-            for k, v in expected.items() if k in given and given[k].shape != v.shape]
 
 
-def check_identity(expected: dict[str, Any], actual: dict[str, Any], source: str, force: bool = False) -> None:
-    """Refuse to put trained state onto a different backbone, unless forced."""
-    diffs = [f"{k}: trained on {expected.get(k)!r}, given {actual.get(k)!r}"
-             for k in ("class_path", "name", "config", "fingerprint") if expected.get(k) != actual.get(k)]
-    if diffs and not force:
-        raise BackboneMismatchError(f"{source} was trained on a different backbone ("
-                                    + "; ".join(diffs) + "). Load it onto the backbone it was trained on, "
-                                    "or pass force=True if you know the weights are compatible.")
 
 
 class PeftModule(L.LightningModule):

@@ -1,4 +1,12 @@
-"""Prefix tuning (Li & Liang 2021): ``P`` learned key and value vectors are
+"""Prompt tuning: learnable tokens inserted before the first block (shallow) or
+fresh ones at every block (deep, as in VPT-deep and P-tuning v2).
+
+peft's prompt learning only works on HF models through their embedding
+inputs, so this is written here once, as a token hook of the Backbone
+contract. Tokens go right after the backbone's prefix tokens (class token,
+BOS) and respect its token layout; the backbone strips them from its outputs.
+
+Prefix tuning (Li & Liang 2021): ``P`` learned key and value vectors are
 prepended in every attention layer of the chosen blocks. Queries attend to
 them as to extra tokens, but they produce no outputs of their own, so the
 sequence length and every output stay aligned with the input.
@@ -23,14 +31,77 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftlab.backbone import Backbone, select_layers
+from peftlab.backbone import Backbone, TokenHook, select_layers
 from peftlab.methods.base import Method, freeze, register_method
+
+class PromptTokens(TokenHook):
+    def __init__(self, num_tokens: int, dim: int, block_indices: list[int], deep: bool, init_std: float) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.deep = deep
+        self.first = block_indices[0]
+        self.slot = {b: k for k, b in enumerate(block_indices)}
+        self.tokens = nn.Parameter(torch.randn(len(block_indices), num_tokens, dim) * init_std)
+
+    def _tokens(self, k: int, batch: int, backbone: Backbone) -> Tensor:
+        t = self.tokens[k].unsqueeze(0).expand(batch, -1, -1)  # [B, n, D]
+        return t.transpose(0, 1) if backbone.seq_dim == 0 else t
+
+    def forward(self, block_index: int, x: Tensor, attn_mask: Tensor, backbone: Backbone) -> tuple[Tensor, Tensor]:
+        if block_index not in self.slot:
+            return x, attn_mask
+        batch = x.shape[1 - backbone.seq_dim]
+        p, n, d = backbone.num_prefix_tokens, self.num_tokens, backbone.seq_dim
+        new = self._tokens(self.slot[block_index], batch, backbone).to(x.dtype)
+        head, tail = x.narrow(d, 0, p), x.narrow(d, p, x.shape[d] - p)
+        if block_index == self.first:  # insert
+            ones = attn_mask.new_ones(batch, n)
+            return torch.cat([head, new, tail], dim=d), torch.cat([attn_mask[:, :p], ones, attn_mask[:, p:]], dim=1)
+        # deep: replace the previous block's prompt outputs with fresh tokens
+        return torch.cat([head, new, tail.narrow(d, n, tail.shape[d] - n)], dim=d), attn_mask
+
+@register_method("prompt")
+class Prompt(Method):
+    """Learnable prompt tokens.
+
+    Args:
+        num_tokens: tokens per block.
+        deep: fresh tokens at every block (in ``layers``) instead of only the first.
+        layers: with ``deep``, which blocks get fresh tokens (``None`` = all);
+            shallow prompts always enter at the first of these blocks.
+        init_std: standard deviation of the initial tokens.
+    """
+
+    trains = "prompt tokens in the input (or at every block)"
+
+    family = "prompt"
+
+    def __init__(self, num_tokens: int = 10, deep: bool = False, layers: list[int] | str | None = None,
+                 init_std: float = 0.02) -> None:
+        self.num_tokens, self.deep, self.layers, self.init_std = num_tokens, deep, layers, init_std
+
+    def apply(self, backbone: Backbone) -> None:
+        if not backbone.token_sequence:
+            raise ValueError(f"prompt tuning inserts tokens into the sequence that every block reads; "
+                             f"{backbone.name} ({type(backbone).__name__}) has no such sequence "
+                             f"(a CNN or a windowed/hierarchical transformer)")
+        freeze(backbone)
+        if "prompt" in backbone.token_hooks:
+            raise ValueError("prompt tokens are already applied to this backbone")
+        blocks = select_layers(backbone.num_blocks, self.layers)
+        if not self.deep:
+            blocks = blocks[:1]
+        backbone.token_hooks["prompt"] = PromptTokens(self.num_tokens, backbone.embed_dim, blocks,
+                                                      self.deep, self.init_std)
+
+
+# ---- prefix tuning ----------------------------------------------------------------------------
 
 #: attention class -> forward(attention, prefix, *args, **kwargs) with the class's own signature and returns
 PREFIX_FORWARDS: dict[type, Callable] = {}
+
 #: attention class -> why prefix tuning cannot extend it
 PREFIX_REFUSALS: dict[type, str] = {}
-
 
 def register_prefix_attention(cls: type, forward: Callable | None = None, refuse: str | None = None) -> None:
     """Teach prefix tuning one attention implementation (or say why it cannot)."""
@@ -38,7 +109,6 @@ def register_prefix_attention(cls: type, forward: Callable | None = None, refuse
         PREFIX_FORWARDS[cls] = forward
     if refuse is not None:
         PREFIX_REFUSALS[cls] = refuse
-
 
 class KVPrefix(nn.Module):
     """``num_tokens`` learned keys and values (``[P, D]`` each, D = heads x head_dim)."""
@@ -53,7 +123,6 @@ class KVPrefix(nn.Module):
         p, d = self.keys.shape
         split = lambda t: t.to(dtype).view(p, num_heads, d // num_heads).transpose(0, 1).unsqueeze(0).expand(batch, -1, -1, -1)  # noqa: E731
         return split(self.keys), split(self.values)
-
 
 def attend_with_prefix(prefix: KVPrefix, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                        dropout: float = 0.0, scale: float | None = None) -> Tensor:
@@ -70,10 +139,8 @@ def attend_with_prefix(prefix: KVPrefix, q: Tensor, k: Tensor, v: Tensor, mask: 
         mask = torch.cat([attend, mask], dim=-1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
-
 def _prefixed_forward(module: nn.Module, *args, **kwargs):
     return PREFIX_FORWARDS[type(module)](module, module.prefix, *args, **kwargs)
-
 
 @register_method("prefix")
 class PrefixTuning(Method):
@@ -104,7 +171,7 @@ class PrefixTuning(Method):
             raise ValueError(f"prefix tuning: block {i} of {backbone.name} has {len(found)} attention modules it "
                              f"knows how to extend (it needs exactly one; supported: {supported}). "
                              f"{'' if backbone.token_sequence else 'This backbone has no token sequence (a CNN or a windowed transformer). '}"
-                             f"Register the block's attention with peftlab.methods.prefix.register_prefix_attention.")
+                             f"Register the block's attention with peftlab.methods.prompts.register_prefix_attention.")
         return found[0]
 
     def apply(self, backbone: Backbone) -> None:
@@ -117,15 +184,11 @@ class PrefixTuning(Method):
             # an instance attribute shadows the class's forward; nn.Module.__call__ calls it
             attention.forward = types.MethodType(_prefixed_forward, attention)
 
-
-# ---- the core's own attention (the toy backbone) ------------------------------------------------
-
 def _toy_attention(self, prefix: KVPrefix, x: Tensor, attn_mask: Tensor) -> Tensor:
     b, t, d = x.shape
     q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
     y = attend_with_prefix(prefix, q, k, v, attn_mask[:, None, None, :])
     return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
 
 def _register_toy() -> None:
     from peftlab.toy import ToyAttention

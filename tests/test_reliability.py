@@ -36,19 +36,12 @@ from peftlab.cli import PeftLabCLI, main
 from peftlab.data import LengthGroupedBatchSampler, PeftDataModule, ResumableDataLoader
 from peftlab_protein.synthetic import SyntheticMotifDataModule
 
+from tests.tiny_runs import STEPS_PER_EPOCH, tiny_protein_run
 from tests.unpickling_audit import check_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-# tiny ESM-2 (2 x 32), LoRA, 40 synthetic sequences in batches of 4: 8 training batches per epoch
-RUN = ["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"),
-       "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
-       "--model.backbone.init_args.attention_heads=4", "--data.init_args.num_sequences=40",
-       "--data.init_args.batch_size=4", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-       "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-       "--trainer.log_every_n_steps=1", "--seed_everything=0"]
-STEPS_PER_EPOCH = 8
+RUN = tiny_protein_run(2, "--trainer.log_every_n_steps=1")  # 8 training batches an epoch
 
 
 @pytest.fixture(scope="module", autouse=True)

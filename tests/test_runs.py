@@ -21,17 +21,11 @@ from peftlab.cli import main
 from peftlab.experiment import fit_and_test
 from peftlab.lightning_cli import build_cli
 
+from tests.tiny_runs import STEPS_PER_EPOCH, tiny_protein_run
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-# tiny ESM-2 (2 x 32), LoRA, 40 synthetic sequences in batches of 4: 8 training batches per epoch,
-# validation and test of 4 sequences each
-RUN = ["--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config", str(CONFIGS / "methods/lora.yaml"),
-       "--config", str(CONFIGS / "protein/data/synthetic_motif.yaml"),
-       "--model.backbone.init_args.num_layers=2", "--model.backbone.init_args.embed_dim=32",
-       "--model.backbone.init_args.attention_heads=4", "--data.init_args.num_sequences=40",
-       "--data.init_args.batch_size=4", "--trainer.accelerator=cpu", "--trainer.max_epochs=3",
-       "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--seed_everything=0"]
-STEPS_PER_EPOCH = 8
+RUN = tiny_protein_run(3)  # 8 training batches an epoch; validation and test of 4 sequences each
 # select on a metric whose best epoch is not the last one in this seeded run (the worst validation loss,
 # which the first epoch has), so that "best" and "last" really are different checkpoints
 MONITOR = ["--checkpoint.monitor=val/loss", "--checkpoint.mode=max"]

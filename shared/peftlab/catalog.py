@@ -18,13 +18,13 @@ import importlib.util
 import inspect
 import pkgutil
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from peftlab.classpath import public_class_path
 from peftlab.errors import ConfigError
 
 #: the modules of a domain package that define its classes (the same in every domain)
@@ -90,18 +90,8 @@ def known_classes(kind: str) -> dict[str, type]:
             continue
         if kind == "methods" and getattr(cls, "name", None) in (None, "method"):
             continue
-        found[_public_path(cls)] = cls
+        found[public_class_path(cls)] = cls
     return dict(sorted(found.items()))
-
-
-def _public_path(cls: type) -> str:
-    """``package.Class`` when the package re-exports the class, else ``module.Class``."""
-    parts = cls.__module__.split(".")
-    for i in range(1, len(parts)):
-        parent = sys.modules.get(".".join(parts[:i]))
-        if parent is not None and getattr(parent, cls.__name__, None) is cls:
-            return f"{'.'.join(parts[:i])}.{cls.__name__}"
-    return f"{cls.__module__}.{cls.__name__}"
 
 
 def first_line(obj: Any) -> str:
@@ -119,7 +109,7 @@ def listing(kinds: Sequence[str] = ("methods", "backbones", "data")) -> str:
 
             lines.append("methods (model.method; configs/methods/*.yaml):")
             for name, cls in sorted(METHODS.items()):
-                lines.append(f"  {name:<14} {_public_path(cls):<34} {_clip(first_line(cls))}")
+                lines.append(f"  {name:<14} {public_class_path(cls):<34} {_clip(first_line(cls))}")
         else:
             title = {"backbones": "backbones (model.backbone; configs/<field>/ backbone files):",
                      "data": "data modules (data; configs/<field>/ data files):"}[kind]
@@ -254,7 +244,7 @@ def _unknown_class(key: str, name: str) -> str | None:
 def _method_classes() -> dict[str, type]:
     from peftlab.methods import METHODS
 
-    return {_public_path(cls): cls for cls in METHODS.values()}
+    return {public_class_path(cls): cls for cls in METHODS.values()}
 
 
 def _unknown(name: str, kind: str | None, known: dict[str, type]) -> str:

@@ -20,7 +20,7 @@ def test_built_wheel_contains_and_imports_core_and_domains(tmp_path):
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("peftlab-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "peftlab/model/module.py" in names and "peftlab_protein/__init__.py" in names
+    assert "peftlab/model/module.py" in names and "peftlab_protein/backbones/fair_esm.py" in names
     assert not any(n.startswith(("shared/", "domains/", "tests/")) for n in names)
     entry_points = zipfile.ZipFile(wheel).read("peftlab-0.1.0.dist-info/entry_points.txt").decode()
     assert "peftlab = peftlab.cli:console_main" in entry_points

@@ -19,6 +19,7 @@ differs from the planted count is redrawn.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from peftlab_protein.data import ALLOWED_RESIDUES, ProteinDataModule, ProteinRecord, clean_sequence
 
@@ -109,29 +110,26 @@ def make_synthetic_records(num_sequences: int = 600, min_length: int = 30, max_l
 class SyntheticMotifDataModule(ProteinDataModule):
     """The synthetic motif task (see the module doc), split with ``seeded_split``.
 
+    ``seed`` seeds the generator as well as the split and the batch order; the
+    other shared options (batch size, workers, split shares...) are
+    :class:`~peftlab.data.PeftDataModule`'s.
+
     Args:
         num_sequences: how many sequences to generate.
         min_length: shortest sequence, in residues.
         max_length_residues: longest sequence, in residues.
         task_type: ``binary``, ``regression`` or ``token_classification``.
         motif: the planted motif (default: rare residues ``WCMHW``).
-        seed: seed of the generator, the split and the batch order.
-        batch_size: examples per batch.
-        num_workers: DataLoader worker processes.
-        group_by_length: batch similar lengths together.
-        val_fraction / test_fraction: split shares.
-        predict_split: split that ``predict`` runs on.
     """
 
     def __init__(self, num_sequences: int = 600, min_length: int = 30, max_length_residues: int = 60,
-                 task_type: str = "binary", motif: str = DEFAULT_MOTIF, seed: int = 0, batch_size: int = 16,
-                 num_workers: int = 0, group_by_length: bool = True, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, predict_split: str = "test"):
+                 task_type: str = "binary", motif: str = DEFAULT_MOTIF, **kwargs: Any):
         if task_type not in SYNTHETIC_TASKS:
             raise ValueError(f"synthetic task_type must be one of {SYNTHETIC_TASKS}, got {task_type!r}")
-        super().__init__(path=None, task_type=task_type, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, group_by_length=group_by_length, val_fraction=val_fraction,
-                         test_fraction=test_fraction, predict_split=predict_split)
+        # generated records: ProteinDataModule's file options do not apply, so they are fixed (and not options here)
+        super().__init__(path=None, labels_path=None, format="auto", sequence_column="sequence",
+                         target_column="target", label_names=None, max_length=1022, unknown_residues="error",
+                         task_type=task_type, **kwargs)
         self.num_sequences = num_sequences
         self.min_length = min_length
         self.max_length_residues = max_length_residues

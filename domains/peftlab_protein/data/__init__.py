@@ -1,0 +1,39 @@
+"""Protein sequence data: readers, validation and the protein DataModule.
+
+    records   ProteinRecord, residue cleaning, target and split parsing shared by the readers
+    fasta     FASTA parsing; a plain FASTA with a labels file (:func:`read_fasta_with_labels`)
+    flip      FLIP CSV (:func:`read_flip_csv`) and FLIP FASTA with ``KEY=value`` headers (:func:`read_flip_fasta`)
+    base      ProteinDataModule: every format through one class (``format: auto|csv|fasta``)
+
+Every input layout produces :class:`ProteinRecord` objects. Per-residue (token
+classification) labels are strings with one character per residue, e.g.
+``CCHHHEEE``; in a CSV they simply sit in the target column.
+
+Every problem in the input raises :class:`peftlab.data.DataError`, whose
+message names the file, the record and what is wrong. Files are read as UTF-8
+(a BOM is skipped); other bytes, or a CSV field longer than the csv module's
+limit, raise a DataError naming the line.
+
+Every name of the former ``peftlab_protein.data`` module is importable from
+here (``__all__`` is the former one; the format constants are importable
+too), and configs keep naming ``peftlab_protein.data.ProteinDataModule``.
+"""
+
+from peftlab_protein.data.base import FORMATS, ProteinDataModule
+from peftlab_protein.data.fasta import FASTA_SUFFIXES, read_fasta_with_labels
+from peftlab_protein.data.flip import CSV_SUFFIXES, read_flip_csv, read_flip_fasta
+from peftlab_protein.data.records import (ALLOWED_RESIDUES, AMBIGUOUS_RESIDUES, STANDARD_RESIDUES,
+                                          UNKNOWN_RESIDUE_POLICIES, PathLike, ProteinRecord, clean_sequence)
+
+__all__ = [
+    "ALLOWED_RESIDUES",
+    "AMBIGUOUS_RESIDUES",
+    "STANDARD_RESIDUES",
+    "UNKNOWN_RESIDUE_POLICIES",
+    "ProteinDataModule",
+    "ProteinRecord",
+    "clean_sequence",
+    "read_fasta_with_labels",
+    "read_flip_csv",
+    "read_flip_fasta",
+]

@@ -11,18 +11,22 @@ The task is easy for a CNN or ViT (at the default noise of 0.6 a disc of radius
 2 to 4 pixels at 28x28 has brightness 0.5 to 1 over noise below 0.6; the
 largest 3x3 mean alone separates 98% of the images) and needs no download,
 which makes it the offline demo and smoke test of the medical pipeline. Batches have the same
-format as every other peftlab image DataModule (see :mod:`peftlab_medical.data`).
+format as every other peftlab image DataModule (see :mod:`peftlab_medical.data.base`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from monai.data.synthetic import create_test_image_2d
 
-from peftlab.data import seeded_split
-from peftlab_medical.data import ImageRecord, MedicalImageDataModule
+from peftlab.data import LabelVocabulary
+from peftlab_medical.data.base import ImageRecord, MedicalImageDataModule
 
 __all__ = ["SyntheticLesionDataModule", "make_lesion_images"]
+
+LABEL_NAMES = ("normal", "lesion")
 
 
 def make_lesion_images(num_images: int = 600, size: int = 28, noise: float = 0.6,
@@ -66,33 +70,17 @@ class SyntheticLesionDataModule(MedicalImageDataModule):
         num_images: how many images to generate.
         native_size: side of the generated images, in pixels (default 28, as MedMNIST).
         noise: background noise level in ``(0, 1]`` (lower: easier).
-        image_size: resize to ``image_size`` per side (e.g. 224 for a ViT); ``None`` keeps ``native_size``.
-        channels: 1 or 3 (grayscale repeated to 3); ``None`` keeps 1.
-        augment: random flip/rotation/zoom on the train split only.
-        flip_prob, rotate_prob, rotate_degrees, zoom_prob, zoom_range: the augmentation.
-        cache: MONAI ``CacheDataset``.
-        seed: seed of the generator, the split, batch order and augmentation.
-        batch_size: examples per batch.
-        num_workers: DataLoader worker processes.
-        group_by_length: off for images.
-        val_fraction / test_fraction: split shares.
-        predict_split: split that ``predict`` runs on.
+
+    The other options (``image_size`` to resize, e.g. 224 for a ViT; ``channels``
+    1 or 3; the augmentation; ``cache``; batches, ``val_fraction`` /
+    ``test_fraction``): see :class:`~peftlab_medical.data.MedicalImageDataModule`;
+    ``seed`` also seeds the generator.
 
     Record ids are ``synthetic{i}``; label names are ``["normal", "lesion"]``.
     """
 
-    def __init__(self, num_images: int = 600, native_size: int = 28, noise: float = 0.6,
-                 image_size: int | None = None, channels: int | None = None, augment: bool = True,
-                 flip_prob: float = 0.5, rotate_prob: float = 0.5, rotate_degrees: float = 15.0,
-                 zoom_prob: float = 0.5, zoom_range: tuple[float, float] = (0.9, 1.1), cache: bool = False,
-                 seed: int = 0, batch_size: int = 32, num_workers: int = 0, group_by_length: bool = False,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, predict_split: str = "test"):
-        super().__init__(task_type="binary", label_names=["normal", "lesion"], image_size=image_size,
-                         channels=channels, spatial_dims=2, augment=augment, flip_prob=flip_prob,
-                         rotate_prob=rotate_prob, rotate_degrees=rotate_degrees, zoom_prob=zoom_prob,
-                         zoom_range=zoom_range, cache=cache, batch_size=batch_size, num_workers=num_workers,
-                         seed=seed, group_by_length=group_by_length, val_fraction=val_fraction,
-                         test_fraction=test_fraction, predict_split=predict_split)
+    def __init__(self, num_images: int = 600, native_size: int = 28, noise: float = 0.6, **kwargs: Any):
+        super().__init__(task_type="binary", label_names=list(LABEL_NAMES), spatial_dims=2, **kwargs)
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.num_images = num_images
@@ -103,10 +91,9 @@ class SyntheticLesionDataModule(MedicalImageDataModule):
     def source(self) -> str:
         return f"<synthetic lesions seed={self.seed}>"
 
-    def read_splits(self) -> dict[str, list[ImageRecord]]:
+    def read_records(self) -> tuple[list[ImageRecord], LabelVocabulary]:
+        """The generated images, none with a split (the base splits them with ``seeded_split``)."""
         images, labels = make_lesion_images(self.num_images, self.native_size, self.noise, self.seed)
         records = [ImageRecord(id=f"synthetic{i}", image=images[i], label=int(labels[i]))
                    for i in range(len(images))]
-        self._set_classes(["normal", "lesion"], 2)
-        idx = seeded_split(len(records), self.val_fraction, self.test_fraction, self.seed)
-        return {s: [records[i] for i in idx[s]] for s in ("train", "val", "test")}
+        return records, self.class_index_vocabulary(list(LABEL_NAMES), len(LABEL_NAMES))

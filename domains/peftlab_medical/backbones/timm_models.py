@@ -1,5 +1,7 @@
 """Image backbones from timm: ViT / DeiT (token sequences with a class token),
-Swin (hierarchical windows) and ResNet (a CNN), behind one class.
+Swin (hierarchical windows) and ResNet (a CNN), behind one class
+(:class:`TimmBackbone`, exported as ``peftlab_medical.TimmBackbone`` and
+``peftlab_medical.backbones.TimmBackbone``, the paths configs and saved adapters name).
 
 ``pretrained: true`` loads timm's weights by name (its hub download), or a
 local file through timm's own mechanism (``pretrained_cfg_overlay={"file":
@@ -90,46 +92,19 @@ class TimmBackbone(Backbone):
                               freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed,
                               gradient_checkpointing=gradient_checkpointing)
         self.gradient_checkpointing = gradient_checkpointing
-        kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
-        if img_size is not None and not name.startswith("resnet"):
-            kwargs["img_size"] = img_size
-        if depth is not None:
-            if pretrained and checkpoint_path is None:
-                raise ValueError("depth only applies to random-init models or local checkpoints of that depth "
-                                 "(hub weights fix it)")
-            kwargs["depth"] = depth
-        if patch_size is not None:
-            kwargs["patch_size"] = patch_size
-        if name.startswith("resnet") and not (pretrained or checkpoint_path):
-            # timm zero-initialises each block's last batch norm, so a frozen random-init ResNet would
-            # ignore everything inside its residual branches (and PEFT there could not learn)
-            kwargs["zero_init_last"] = False
-        if checkpoint_path is not None:
-            if not Path(checkpoint_path).is_file():
-                raise FileNotFoundError(f"timm checkpoint {checkpoint_path} does not exist")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
-            pretrained = True
-        # timm reads safetensors as they are and .pth / .bin files (local, or from the hub) in torch's
-        # weights-only mode (with argparse.Namespace allowed); a refusal is named here
-        weights = str(checkpoint_path) if checkpoint_path is not None else f"timm's pretrained weights for {name!r}"
-        from_hub = pretrained and checkpoint_path is None
-        with torch.random.fork_rng(), refusing_unsafe_pickles(weights, "timm weights file", [argparse.Namespace]), \
-                (hf_offline_when_unreachable() if from_hub else contextlib.nullcontext(False)) as offline:
-            torch.manual_seed(seed)
-            try:
-                model = timm.create_model(name, pretrained=pretrained, **kwargs)
-            except (OSError, RuntimeError) as e:
-                if not offline:
-                    raise
-                raise weights_unavailable(
-                    f"timm weights {name!r}", f"the Hugging Face Hub cannot be reached, and they are not in its "
-                    f"cache ({hf_cache_dir()}); {type(e).__name__}",
-                    f"download the model's weights file (model.safetensors of the Hub repository timm names for "
-                    f"{name!r}) on a connected machine and pass it as "
-                    f"--model.backbone.init_args.checkpoint_path FILE") from None
+        kwargs = _create_options(name, pretrained, checkpoint_path, in_chans, img_size, depth, patch_size,
+                                 drop_path_rate)
+        model = _create_model(name, pretrained or checkpoint_path is not None, checkpoint_path, seed, kwargs)
         self.model = model
         self.embed_dim = model.num_features
         self.freeze_batchnorm_stats = freeze_batchnorm_stats
+        self._set_family(model, name)
+        if gradient_checkpointing and not self.token_sequence:  # timm's forward runs these blocks, not ours
+            model.set_grad_checkpointing(True)
+
+    def _set_family(self, model: nn.Module, name: str) -> None:
+        """The family of a timm model (``vit``, ``swin``, ``cnn``): its block names, target presets and
+        adapter sites, and whether the shared block loop runs it (a ViT's token sequence)."""
         if isinstance(model, VisionTransformer):
             self.family, self.token_sequence = "vit", True
             self.blocks_path = "model.blocks"
@@ -150,8 +125,6 @@ class TimmBackbone(Backbone):
         else:
             raise ValueError(f"timm model {name!r} ({type(model).__name__}) is not supported yet; "
                              f"supported families: ViT / DeiT, Swin, ResNet")
-        if gradient_checkpointing and not self.token_sequence:  # timm's forward runs these blocks, not ours
-            model.set_grad_checkpointing(True)
 
     @property
     def name(self) -> str:
@@ -201,6 +174,54 @@ class TimmBackbone(Backbone):
         tokens = fmap.flatten(1, 2) if self.family == "swin" else fmap.flatten(2).transpose(1, 2)  # NHWC / NCHW
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return Features(hidden=tokens, mask=mask, cls=None)
+
+
+def _create_options(name: str, pretrained: bool, checkpoint_path: str | None, in_chans: int, img_size: int | None,
+                    depth: int | None, patch_size: int | None, drop_path_rate: float) -> dict[str, Any]:
+    """The keyword arguments of ``timm.create_model`` for :class:`TimmBackbone`'s options (checked)."""
+    kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
+    if img_size is not None and not name.startswith("resnet"):
+        kwargs["img_size"] = img_size
+    if depth is not None:
+        if pretrained and checkpoint_path is None:
+            raise ValueError("depth only applies to random-init models or local checkpoints of that depth "
+                             "(hub weights fix it)")
+        kwargs["depth"] = depth
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    if name.startswith("resnet") and not (pretrained or checkpoint_path):
+        # timm zero-initialises each block's last batch norm, so a frozen random-init ResNet would
+        # ignore everything inside its residual branches (and PEFT there could not learn)
+        kwargs["zero_init_last"] = False
+    if checkpoint_path is not None:
+        if not Path(checkpoint_path).is_file():
+            raise FileNotFoundError(f"timm checkpoint {checkpoint_path} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(checkpoint_path)}
+    return kwargs
+
+
+def _create_model(name: str, pretrained: bool, checkpoint_path: str | None, seed: int,
+                  kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model``, its random initialisation seeded with ``seed`` (torch's global random state is
+    left as it was), weights read safely, and hub weights that cannot be had explained."""
+    # timm reads safetensors as they are and .pth / .bin files (local, or from the hub) in torch's
+    # weights-only mode (with argparse.Namespace allowed); a refusal is named here
+    weights = str(checkpoint_path) if checkpoint_path is not None else f"timm's pretrained weights for {name!r}"
+    from_hub = pretrained and checkpoint_path is None
+    with torch.random.fork_rng(), refusing_unsafe_pickles(weights, "timm weights file", [argparse.Namespace]), \
+            (hf_offline_when_unreachable() if from_hub else contextlib.nullcontext(False)) as offline:
+        torch.manual_seed(seed)
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError) as e:
+            if not offline:
+                raise
+            raise weights_unavailable(
+                f"timm weights {name!r}", f"the Hugging Face Hub cannot be reached, and they are not in its "
+                f"cache ({hf_cache_dir()}); {type(e).__name__}",
+                f"download the model's weights file (model.safetensors of the Hub repository timm names for "
+                f"{name!r}) on a connected machine and pass it as "
+                f"--model.backbone.init_args.checkpoint_path FILE") from None
 
 
 # ---- prefix tuning: timm's ViT attention with learned keys/values prepended ----------------------

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from peftlab_speech.data import AudioDataModule, AudioDataset, AudioRecord
+from peftlab_speech.data.base import AudioDataModule, AudioDataset, AudioRecord
 
 __all__ = ["SyntheticToneDataModule", "band_edges", "make_tone_clip"]
 
@@ -104,19 +105,18 @@ class SyntheticToneDataModule(AudioDataModule):
         num_classes: frequency bands (classes), log-spaced from ``min_freq`` to ``max_freq``.
         min_freq / max_freq: the band range in Hz (``max_freq`` below Nyquist).
         sample_rate: rate of the generated clips.
-        augment: shift/gain augmentation on train (there is no noise file).
-        shift_prob / max_shift_seconds / gain_prob / max_gain_db: see :class:`AudioDataModule`.
-        seed: seed of the clips, the split and the batch order.
-        batch_size / num_workers / group_by_length / val_fraction / test_fraction /
-            predict_split: see :class:`peftlab.data.PeftDataModule`.
+        max_shift_seconds: largest time shift of the training augmentation (either direction).
+        **kwargs: ``augment`` (shift/gain augmentation on train; there is no
+            noise file), ``shift_prob``, ``gain_prob``, ``max_gain_db``: see
+            :class:`~peftlab_speech.data.base.AudioDataModule`; ``seed`` (of
+            the clips, the split and the batch order), ``batch_size``,
+            ``num_workers``, ``group_by_length``, ``val_fraction``,
+            ``test_fraction``, ``predict_split``: see :class:`peftlab.data.PeftDataModule`.
     """
 
     def __init__(self, num_clips: int = 600, clip_seconds: float = 0.5, num_classes: int = 4,
                  min_freq: float = 200.0, max_freq: float = 3200.0, sample_rate: int = 16000,
-                 augment: bool = True, shift_prob: float = 0.5, max_shift_seconds: float = 0.05,
-                 gain_prob: float = 0.5, max_gain_db: float = 6.0, seed: int = 0, batch_size: int = 16,
-                 num_workers: int = 0, group_by_length: bool = True, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, predict_split: str = "test"):
+                 max_shift_seconds: float = 0.05, **kwargs: Any):
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         if clip_seconds <= 0:
@@ -124,12 +124,11 @@ class SyntheticToneDataModule(AudioDataModule):
         if max_freq >= sample_rate / 2:
             raise ValueError(f"max_freq {max_freq} Hz must be below the Nyquist frequency {sample_rate / 2} Hz")
         bands = band_edges(num_classes, min_freq, max_freq)
-        super().__init__(sample_rate=sample_rate, max_seconds=clip_seconds, augment=augment,
-                         shift_prob=shift_prob, max_shift_seconds=max_shift_seconds, gain_prob=gain_prob,
-                         max_gain_db=max_gain_db, check_files=False,
-                         label_names=[_band_name(lo, hi) for lo, hi in bands], batch_size=batch_size,
-                         num_workers=num_workers, seed=seed, group_by_length=group_by_length,
-                         val_fraction=val_fraction, test_fraction=test_fraction, predict_split=predict_split)
+        # clips are generated, not read: no files to check, no noise files, no file-format limits
+        super().__init__(sample_rate=sample_rate, max_seconds=clip_seconds, max_shift_seconds=max_shift_seconds,
+                         noise_files=None, noise_snr_db=None, noise_prob=0.8, expected_sample_rate=None,
+                         max_channels=None, check_files=False, label_names=[_band_name(lo, hi) for lo, hi in bands],
+                         **kwargs)
         self.num_clips = num_clips
         self.clip_seconds = clip_seconds
         self.bands = bands

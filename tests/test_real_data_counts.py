@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from peftlab import PeftModule, build_method
-from peftlab.metrics import build_metrics
+from peftlab.model.metrics import build_metrics
 from peftlab_protein import ESM2Backbone
 from peftlab_protein.synthetic import SyntheticMotifDataModule
 

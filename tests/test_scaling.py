@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import inspect
 import math
 import os
 import subprocess

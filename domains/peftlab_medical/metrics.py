@@ -8,7 +8,7 @@ records which one each benchmark reports.
 
 from __future__ import annotations
 
-from peftlab.metrics import benchmark_metric_from
+from peftlab.model.metrics import benchmark_metric_from
 
 # benchmark -> (logged metric, better when)
 BENCHMARK_METRIC: dict[str, tuple[str, str]] = {

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
 from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
-from peftlab.safe_load import refusing_unsafe_pickles
+from peftlab.persistence.safe_load import refusing_unsafe_pickles
 
 TRANSFORMER_PRESETS = {
     "attention": ("attn.qkv", "attn.proj"),
@@ -229,7 +229,7 @@ def _create_model(name: str, pretrained: bool, checkpoint_path: str | None, seed
 def _timm_attention_with_prefix(self, prefix, x: Tensor, attn_mask: Tensor | None = None,
                                 is_causal: bool = False) -> Tensor:
     """timm.layers.Attention.forward (fused qkv, q/k norms, optional gate), attending over the prefix too."""
-    from peftlab.methods.prefix import attend_with_prefix
+    from peftlab.methods.prompts import attend_with_prefix
 
     if is_causal:
         raise ValueError("prefix tuning: causal attention is not supported")
@@ -249,7 +249,7 @@ def _register_prefix_attention() -> None:
     from timm.layers.attention import Attention
     from timm.models.swin_transformer import WindowAttention
 
-    from peftlab.methods.prefix import register_prefix_attention
+    from peftlab.methods.prompts import register_prefix_attention
 
     register_prefix_attention(Attention, _timm_attention_with_prefix)
     register_prefix_attention(WindowAttention, refuse="Swin attends within shifted local windows with a relative "

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
 from peftlab.errors import CheckpointFileError
-from peftlab.safe_load import hub_cache_file, load_hub_weights, load_weights_file
+from peftlab.persistence.safe_load import hub_cache_file, load_hub_weights, load_weights_file
 
 # name -> (layers, embed_dim, attention heads), as published by fair-esm
 ESM2_SIZES: dict[str, tuple[int, int, int]] = {
@@ -219,7 +219,7 @@ def _esm_attention_with_prefix(self, prefix, query: Tensor, key=None, value=None
                                need_weights: bool = True, attn_mask=None, need_head_weights: bool = False, **_):
     """fair-esm MultiheadAttention.forward's self-attention path (scaled q, rotary
     q/k, padding mask), attending over the prefix too. Returns no weights."""
-    from peftlab.methods.prefix import attend_with_prefix
+    from peftlab.methods.prompts import attend_with_prefix
 
     t, b, d = query.shape
     heads = lambda x: x.contiguous().view(t, b * self.num_heads, self.head_dim).transpose(0, 1)  # noqa: E731
@@ -242,7 +242,7 @@ def _esm_attention_with_prefix(self, prefix, query: Tensor, key=None, value=None
 def _register_prefix_attention() -> None:
     from esm.multihead_attention import MultiheadAttention
 
-    from peftlab.methods.prefix import register_prefix_attention
+    from peftlab.methods.prompts import register_prefix_attention
 
     register_prefix_attention(MultiheadAttention, _esm_attention_with_prefix)
 

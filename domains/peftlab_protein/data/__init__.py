@@ -19,11 +19,12 @@ here (``__all__`` is the former one; the format constants are importable
 too), and configs keep naming ``peftlab_protein.data.ProteinDataModule``.
 """
 
-from peftlab_protein.data.base import FORMATS, ProteinDataModule
-from peftlab_protein.data.fasta import FASTA_SUFFIXES, read_fasta_with_labels
-from peftlab_protein.data.flip import CSV_SUFFIXES, read_flip_csv, read_flip_fasta
+from peftlab_protein.data.base import FORMATS, ProteinDataModule  # noqa: F401 (FORMATS re-exported)
+from peftlab_protein.data.fasta import FASTA_SUFFIXES, read_fasta_with_labels  # noqa: F401
+from peftlab_protein.data.flip import CSV_SUFFIXES, read_flip_csv, read_flip_fasta  # noqa: F401
 from peftlab_protein.data.records import (ALLOWED_RESIDUES, AMBIGUOUS_RESIDUES, STANDARD_RESIDUES,
-                                          UNKNOWN_RESIDUE_POLICIES, PathLike, ProteinRecord, clean_sequence)
+                                          UNKNOWN_RESIDUE_POLICIES, PathLike, ProteinRecord,  # noqa: F401
+                                          clean_sequence)
 
 __all__ = [
     "ALLOWED_RESIDUES",

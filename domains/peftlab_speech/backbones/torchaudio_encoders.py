@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from peftlab.backbone import Backbone
 from peftlab.errors import CheckpointFileError
 from peftlab.hub import weights_unavailable
-from peftlab.safe_load import hub_cache_file, load_weights_file, refusing_unsafe_pickles
+from peftlab.persistence.safe_load import hub_cache_file, load_weights_file, refusing_unsafe_pickles
 from peftlab_speech.backbones.common import (ATTENTION_MODULES, MLP_MODULES, WAV2VEC2_SITES, WAVLM_MISSING_PRESETS,
                                              WAVLM_MLP_PRESETS, WAVLM_PREFIX_REFUSAL, WAVLM_SITES,
                                              standardize_valid)
@@ -234,7 +234,7 @@ def _normalize(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
 def _torchaudio_attention_with_prefix(self, prefix, x: Tensor, attention_mask: Tensor | None = None,
                                       position_bias=None, key_padding_mask=None):
     """torchaudio's wav2vec2/HuBERT SelfAttention.forward, attending over the prefix too."""
-    from peftlab.methods.prefix import attend_with_prefix
+    from peftlab.methods.prompts import attend_with_prefix
 
     b, t, d = x.shape
     heads = lambda y: y.view(b, t, self.num_heads, self.head_dim).transpose(2, 1)  # noqa: E731
@@ -247,7 +247,7 @@ def _register_prefix_attention() -> None:
     from torchaudio.models.wav2vec2.components import SelfAttention
     from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 
-    from peftlab.methods.prefix import register_prefix_attention
+    from peftlab.methods.prompts import register_prefix_attention
 
     register_prefix_attention(SelfAttention, _torchaudio_attention_with_prefix)
     register_prefix_attention(WavLMSelfAttention, refuse=WAVLM_PREFIX_REFUSAL)

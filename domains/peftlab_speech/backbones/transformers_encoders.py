@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
 from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
-from peftlab.safe_load import refusing_unsafe_pickles
+from peftlab.persistence.safe_load import refusing_unsafe_pickles
 from peftlab_speech.backbones.common import (ATTENTION_MODULES, MLP_MODULES, WAV2VEC2_SITES, WAVLM_MISSING_PRESETS,
                                              WAVLM_MLP_PRESETS, WAVLM_PREFIX_REFUSAL, WAVLM_SITES,
                                              standardize_valid)
@@ -62,14 +62,14 @@ def _hub_download(name_or_path: str, is_local: bool) -> Iterator[None]:
     with hf_offline_when_unreachable() as offline:
         try:
             yield
-        except OSError as e:
+        except OSError:
             if not offline:
                 raise
             raise weights_unavailable(
                 f"transformers model {name_or_path!r}", "the Hugging Face Hub cannot be reached, and the model is "
                 f"not in its cache ({hf_cache_dir()})",
-                f"save it on a connected machine (Model.from_pretrained(name).save_pretrained(DIR), with its "
-                f"preprocessor_config.json) and pass the folder as --model.backbone.init_args.name DIR") from None
+                "save it on a connected machine (Model.from_pretrained(name).save_pretrained(DIR), with its "
+                "preprocessor_config.json) and pass the folder as --model.backbone.init_args.name DIR") from None
 
 
 def _hf_classes(family: str) -> tuple[type, type]:
@@ -391,7 +391,7 @@ def _hf_normalize(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
 def _hf_attention_with_prefix(self, prefix, hidden_states: Tensor, key_value_states=None, attention_mask=None,
                               output_attentions: bool = False, **kwargs):
     """transformers' Wav2Vec2Attention / HubertAttention.forward (self-attention), attending over the prefix too."""
-    from peftlab.methods.prefix import attend_with_prefix
+    from peftlab.methods.prompts import attend_with_prefix
 
     if key_value_states is not None:
         raise ValueError("prefix tuning: cross-attention is not supported")
@@ -408,7 +408,7 @@ def _register_prefix_attention() -> None:
     from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Attention
     from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-    from peftlab.methods.prefix import register_prefix_attention
+    from peftlab.methods.prompts import register_prefix_attention
 
     register_prefix_attention(Wav2Vec2Attention, _hf_attention_with_prefix)
     register_prefix_attention(HubertAttention, _hf_attention_with_prefix)

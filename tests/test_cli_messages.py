@@ -75,7 +75,7 @@ def test_a_backbone_that_cannot_read_the_data_is_caught_before_training(tmp_path
     with pytest.raises(ConfigError) as error:
         main(args)
     message = str(error.value)
-    assert "peftlab_medical.backbones.TimmBackbone" in message and "reads 'images'" in message
+    assert "peftlab_medical.TimmBackbone (vit_tiny_patch16_224 (random init)) reads 'images'" in message
     assert "peftlab_protein.synthetic.SyntheticMotifDataModule gives 'tokens'" in message
     assert not (tmp_path / "run" / "checkpoints").exists()  # no step was taken
 

@@ -288,8 +288,8 @@ def check_backbone_reads_data(backbone: Any, data: Any) -> None:
 
         b, d = type(backbone), type(data)
         raise ConfigError(
-            f"the backbone {b.__module__}.{b.__name__} ({getattr(backbone, 'name', b.__name__)}) reads "
-            f"{', '.join(repr(k) for k in needed)} from each batch, but the data module {d.__module__}.{d.__name__} "
+            f"the backbone {public_class_path(b)} ({getattr(backbone, 'name', b.__name__)}) reads "
+            f"{', '.join(repr(k) for k in needed)} from each batch, but the data module {public_class_path(d)} "
             f"gives {', '.join(repr(k) for k in given) or 'none of them'}: they belong to different domains. "
             f"Pair a backbone config with a data config of the same field (configs/<field>/), "
             f"e.g. 'peftlab list backbones' and 'peftlab list data' show which is which.")

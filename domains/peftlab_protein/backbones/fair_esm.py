@@ -135,11 +135,6 @@ class ESM2Backbone(Backbone):
     }
     adapter_sites = {"attention_out": "self_attn.out_proj", "mlp_in": "fc1", "mlp_out": "fc2"}
 
-    #: the class path that ``spec`` / ``identity`` record (saved adapters, checkpoints): the package that
-    #: re-exports this class, not this module, so a later move of the module breaks no saved adapter
-    #: (loading one compares the recorded path with this one)
-    public_class_path = "peftlab_protein.backbones.ESM2Backbone"
-
     def __init__(self, name: str = "esm2_t6_8M_UR50D", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, attention_heads: int | None = None,
                  token_dropout: bool = True, seed: int = 0, gradient_checkpointing: bool = False) -> None:
@@ -169,12 +164,6 @@ class ESM2Backbone(Backbone):
         self.model = model
         self.embed_dim = model.embed_dim
         self.alphabet = model.alphabet
-
-    def spec(self) -> dict[str, Any]:
-        spec = super().spec()
-        if type(self) is ESM2Backbone:  # a subclass records its own module's path
-            spec["class_path"] = self.public_class_path
-        return spec
 
     @property
     def name(self) -> str:

@@ -84,19 +84,7 @@ class PeftDataModule(L.LightningDataModule):
     # ---- what a domain implements -------------------------------------------------
     def load_data(self) -> LoadedData:
         """Read the data: the records of ``train``, ``val`` and ``test`` and the label
-        vocabulary (built once from all records, :mod:`peftlab.data.labels`).
-
-        The default serves older subclasses that implement ``load_splits`` and set
-        ``_num_outputs`` / ``_label_names`` while reading."""
-        splits = self.load_splits()
-        if self._num_outputs is None:
-            raise NotImplementedError(f"{type(self).__name__} must implement load_data (or load_splits setting "
-                                      f"_num_outputs)")
-        names = None if self._label_names is None else list(self._label_names)
-        return LoadedData(splits, LabelVocabulary(self._num_outputs, names))
-
-    def load_splits(self) -> dict[str, list[Any]]:
-        """Older contract (see :meth:`load_data`)."""
+        vocabulary (built once from all records, :mod:`peftlab.data.labels`)."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_data")
 
     def collate(self, records: list[Any]) -> dict[str, Any]:
@@ -118,10 +106,6 @@ class PeftDataModule(L.LightningDataModule):
     #: the training loader hands the dataset ``(epoch, index)`` keys (:class:`EpochTaggedBatchSampler`), so
     #: that a domain seeds each item's augmentation per (seed, epoch, item) with :func:`item_seed`
     tags_epochs: bool = False
-
-    # set by subclasses of the older contract (see load_data)
-    _num_outputs: int | None = None
-    _label_names: list[str] | None = None
 
     @property
     def loaded(self) -> LoadedData:

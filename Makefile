@@ -41,6 +41,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/merged_lora_latency.py
 	$(VENV)/bin/python benchmarks/feature_cache.py
 	$(VENV)/bin/python benchmarks/gradient_checkpointing.py
+	$(VENV)/bin/python benchmarks/esm_attention.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs build dist

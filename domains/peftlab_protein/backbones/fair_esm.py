@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import esm
 import torch
@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from peftlab.backbone import Backbone
 from peftlab.errors import CheckpointFileError
 from peftlab.persistence.safe_load import hub_cache_file, load_hub_weights, load_weights_file
+from peftlab_protein.backbones.esm_attention import (
+    install_attention, is_fused, keep_mask, merge_heads, original_attention, rotary_heads)
 
 # name -> (layers, embed_dim, attention heads), as published by fair-esm
 ESM2_SIZES: dict[str, tuple[int, int, int]] = {
@@ -110,6 +112,10 @@ class ESM2Backbone(Backbone):
         seed: seed of the random initialisation.
         gradient_checkpointing: recompute each block's activations in the backward instead of
             keeping them (less memory, more time; see :mod:`peftlab.backbone`).
+        attention: ``fused`` runs self-attention through torch's ``scaled_dot_product_attention``
+            (same result as fair-esm's, 2-3x faster and far less memory at 512+ tokens; see
+            :mod:`peftlab_protein.backbones.esm_attention`); ``original`` keeps fair-esm's own
+            attention. Calls that ask for attention weights always use fair-esm's.
 
     Batch input: ``tokens`` ``[B, T]`` in the ESM alphabet, BOS first, EOS last,
     padding after. Content tokens are the residues (not BOS, EOS or padding).
@@ -137,11 +143,13 @@ class ESM2Backbone(Backbone):
 
     def __init__(self, name: str = "esm2_t6_8M_UR50D", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, attention_heads: int | None = None,
-                 token_dropout: bool = True, seed: int = 0, gradient_checkpointing: bool = False) -> None:
+                 token_dropout: bool = True, seed: int = 0, gradient_checkpointing: bool = False,
+                 attention: Literal["fused", "original"] = "fused") -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path,
                               num_layers=num_layers, embed_dim=embed_dim, attention_heads=attention_heads,
-                              token_dropout=token_dropout, seed=seed, gradient_checkpointing=gradient_checkpointing)
+                              token_dropout=token_dropout, seed=seed, gradient_checkpointing=gradient_checkpointing,
+                              attention=attention)
         self.gradient_checkpointing = gradient_checkpointing
         if pretrained or checkpoint_path is not None:
             if any(v is not None for v in (num_layers, embed_dim, attention_heads)):
@@ -161,6 +169,7 @@ class ESM2Backbone(Backbone):
             self.source = f"random init (seed {seed})"
         # Features come from the encoder; the language-model and contact heads are not used.
         del model.lm_head, model.contact_head
+        install_attention(model, attention)  # per instance: fair-esm's classes are untouched
         self.model = model
         self.embed_dim = model.embed_dim
         self.alphabet = model.alphabet
@@ -207,25 +216,27 @@ class ESM2Backbone(Backbone):
 def _esm_attention_with_prefix(self, prefix, query: Tensor, key=None, value=None, key_padding_mask=None,
                                need_weights: bool = True, attn_mask=None, need_head_weights: bool = False, **_):
     """fair-esm MultiheadAttention.forward's self-attention path (scaled q, rotary
-    q/k, padding mask), attending over the prefix too. Returns no weights."""
+    q/k, padding mask), attending over the prefix too: through SDPA when the
+    module's attention is ``fused``, with fair-esm's arithmetic when ``original``.
+    Returns no weights (the keys include the learned prefix)."""
     from peftlab.methods.prompts import attend_with_prefix
 
-    t, b, d = query.shape
-    heads = lambda x: x.contiguous().view(t, b * self.num_heads, self.head_dim).transpose(0, 1)  # noqa: E731
-    q, k, v = heads(self.q_proj(query) * self.scaling), heads(self.k_proj(query)), heads(self.v_proj(query))
-    if self.rot_emb:
-        q, k = self.rot_emb(q, k)  # on the real tokens only: the prefix has no position
-    split = lambda x: x.view(b, self.num_heads, t, self.head_dim)  # noqa: E731
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask.to(q.dtype)
-    if key_padding_mask is not None:
-        pad = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=q.device).masked_fill(
-            key_padding_mask.bool()[:, None, None, :], float("-inf"))
-        mask = pad if mask is None else mask + pad
-    y = attend_with_prefix(prefix, split(q), split(k), split(v), mask,
-                           dropout=self.dropout if self.training else 0.0, scale=1.0)
-    return self.out_proj(y.permute(2, 0, 1, 3).reshape(t, b, d)), None
+    q, k, v = rotary_heads(self, query, query, query)  # on the real tokens only: the prefix has no position
+    dropout = self.dropout if self.training else 0.0
+    if attn_mask is not None or is_fused(self):
+        mask = keep_mask(key_padding_mask)
+        if attn_mask is not None:  # additive [T, S]; fair-esm's ESM-2 never passes one
+            mask = attn_mask.to(q.dtype) if mask is None else torch.where(mask, attn_mask.to(q.dtype), float("-inf"))
+        y = attend_with_prefix(prefix, q, k, v, mask, dropout=dropout, scale=1.0)
+    else:
+        b, h, t, _ = q.shape
+        pk, pv = prefix.heads(b, h, k.dtype)
+        padding = None
+        if key_padding_mask is not None:
+            padding = torch.cat([key_padding_mask.new_zeros(b, pk.shape[2]).bool(), key_padding_mask.bool()], dim=1)
+        y = original_attention(q, torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), padding, dropout,
+                               self.training)
+    return merge_heads(self, y), None
 
 
 def _register_prefix_attention() -> None:

@@ -66,6 +66,13 @@ class ProteinDataModule(PeftDataModule):
             first ``max_length`` residues (ESM-2 takes 1024 tokens incl. BOS/EOS).
         unknown_residues: ``"error"`` rejects letters outside the ESM amino-acid
             alphabet; ``"map_to_x"`` turns them into ``X``.
+        max_tokens: a token budget per batch (and per process in data-parallel runs), next to
+            ``batch_size``: batch size x longest tokens (residues + BOS + EOS) stays within it, so long
+            proteins come in small batches and short ones still fill ``batch_size``. A sequence
+            longer than the budget (after cropping to ``max_length``) forms a batch on its own.
+            ``None``: no budget. Needs ``group_by_length``. With a budget the batches are drawn
+            once from ``seed`` and shuffled every epoch (see
+            :class:`~peftlab.data.LengthGroupedBatchSampler`).
 
     Splits come from the ``set``/``validation`` columns (FASTA ``SET``/
     ``VALIDATION`` attributes) when present; otherwise
@@ -78,13 +85,16 @@ class ProteinDataModule(PeftDataModule):
     def __init__(self, path: str | None = None, labels_path: str | None = None, format: str = "auto", *,
                  sequence_column: str = "sequence", target_column: str | list[str] = "target",
                  label_names: list[str] | None = None, max_length: int = 1022, unknown_residues: str = "error",
-                 **kwargs: Any):
+                 max_tokens: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         check_policy(unknown_residues)
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if max_tokens is not None and (max_tokens < 1 or not self.group_by_length):
+            raise ValueError(f"max_tokens must be >= 1 and needs group_by_length: true (got {max_tokens}, "
+                             f"group_by_length {self.group_by_length})")
         if label_names is not None and self.task_type == "token_classification":
             bad = [n for n in label_names if len(n) != 1]
             if bad:
@@ -97,6 +107,7 @@ class ProteinDataModule(PeftDataModule):
         self.given_label_names = list(label_names) if label_names is not None else None
         self.max_length = max_length
         self.unknown_residues = unknown_residues
+        self.max_tokens = max_tokens
         self.alphabet = esm_alphabet()
 
     # ---- reading ------------------------------------------------------------------
@@ -155,6 +166,10 @@ class ProteinDataModule(PeftDataModule):
         return min(len(record.sequence), self.max_length)
 
     # ---- batching -------------------------------------------------------------------
+    def sampler_options(self) -> dict[str, Any]:
+        """The token budget: a batch is ``[B, longest residues + 2]`` (BOS and EOS)."""
+        return {} if self.max_tokens is None else {"max_tokens": self.max_tokens, "extra_tokens": 2}
+
     def collate(self, records: list[ProteinRecord]) -> dict[str, Any]:
         """Records -> ``{"tokens": [B, T], "labels": ..., "ids": [...]}`` in the ESM-2 alphabet.
 

@@ -94,6 +94,11 @@ class PeftDataModule(L.LightningDataModule):
     def record_length(self, record: Any) -> int:
         return 1
 
+    def sampler_options(self) -> dict[str, Any]:
+        """Further :class:`LengthGroupedBatchSampler` options of this module's batches (e.g. a
+        token budget: ``max_tokens``, ``extra_tokens``)."""
+        return {}
+
     def dataset(self, split: str, records: list[Any]) -> torch.utils.data.Dataset:
         """The Dataset for one split's records (override to decode files or apply
         transforms per item, e.g. MONAI datasets; ``collate`` then gets its items)."""
@@ -153,7 +158,7 @@ class PeftDataModule(L.LightningDataModule):
             raise ValueError(f"the {split!r} split has {len(records)} example(s), fewer than the "
                              f"{shards['num_replicas']} data-parallel processes: each process needs one")
         sampler = LengthGroupedBatchSampler(lengths, self.batch_size, seed=self.seed, shuffle=train,
-                                            pad_shards=train, **shards)
+                                            pad_shards=train, **shards, **self.sampler_options())
         if train:
             if self._train_sampler is not None:  # a new loader in the same run continues the order
                 sampler.set_epoch(self._train_sampler.epoch)

@@ -40,13 +40,33 @@ class LengthGroupedBatchSampler(BatchSampler):
     rebuilds batch samplers with one injected (when predicting, or with
     ``use_distributed_sampler``); it is ignored, as this class orders and
     shards every index itself.
+
+    Token budget (``max_tokens``): a process's batch also stays within
+    ``max_tokens`` padded tokens, i.e. its size times its longest
+    ``length + extra_tokens`` (``extra_tokens``: what each example adds to its
+    length once collated, e.g. BOS and EOS); short examples still fill a batch
+    up to ``batch_size``. An example longer than the budget forms a batch on
+    its own (one per process), so nothing is dropped. Global batches are then
+    cut from each sorted window in rows of ``num_replicas`` examples, so every
+    process takes the same number of examples from a global batch (the
+    averaged gradient stays the single process's) and a process's slice is
+    within the budget; a window's unfinished batch moves on to the next
+    window, so only an epoch's last batch can be smaller. The batches are
+    drawn once from ``seed`` and only their order changes with the epoch (as
+    fairseq's ``batch_by_size``): Lightning counts an epoch's batches once, so
+    every epoch must have as many. ``drop_last`` does not apply to it.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
                  shuffle: bool = True, window_batches: int = 50, drop_last: bool = False,
-                 num_replicas: int = 1, rank: int = 0, pad_shards: bool = True, sampler: Any = None):
+                 num_replicas: int = 1, rank: int = 0, pad_shards: bool = True, sampler: Any = None,
+                 max_tokens: int | None = None, extra_tokens: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (or None for no token budget), got {max_tokens}")
+        if max_tokens is not None and drop_last:
+            raise ValueError("drop_last does not apply with max_tokens (batches of a token budget vary in size)")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
         self.lengths = list(lengths)
@@ -57,6 +77,8 @@ class LengthGroupedBatchSampler(BatchSampler):
         self.global_batch_size = batch_size * num_replicas
         self.window = self.global_batch_size * window_batches
         self.drop_last = drop_last
+        self.max_tokens, self.extra_tokens = max_tokens, extra_tokens
+        self._budget_cache: list[list[int]] | None = None
         self.epoch = 0
         self._skip = 0  # batches of ``epoch`` that a resumed pass leaves out
         self._pass_epoch: int | None = None  # epoch of the pass in progress (or the last one)
@@ -84,7 +106,12 @@ class LengthGroupedBatchSampler(BatchSampler):
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """The global batches of one epoch, of ``batch_size * num_replicas``: the
-        order of a single process with that batch size."""
+        order of a single process with that batch size (with ``max_tokens``: see the class doc)."""
+        if self.max_tokens is not None:
+            batches = [list(b) for b in self._budget_batches()]
+            if self.shuffle:
+                random.Random(self.seed * 100_003 + epoch).shuffle(batches)
+            return batches
         batch_size = self.global_batch_size
         rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(self.lengths)))
@@ -100,6 +127,39 @@ class LengthGroupedBatchSampler(BatchSampler):
             batches = [b for b in batches if len(b) == batch_size]
         if self.shuffle:
             rng.shuffle(batches)
+        return batches
+
+    def _budget_batches(self) -> list[list[int]]:
+        """The global batches of a token budget, drawn once from the seed (their order is the epoch's)."""
+        if self._budget_cache is None:
+            order = list(range(len(self.lengths)))
+            if self.shuffle:
+                random.Random(self.seed * 100_003 - 1).shuffle(order)
+            else:
+                order.sort(key=lambda i: self.lengths[i])
+            batches: list[list[int]] = []
+            unfinished: list[int] = []
+            for start in range(0, len(order), self.window):
+                window = sorted(unfinished + order[start : start + self.window], key=lambda i: self.lengths[i])
+                *done, unfinished = self._cut_by_budget(window)
+                batches += done
+            self._budget_cache = batches + ([unfinished] if unfinished else [])
+        return self._budget_cache
+
+    def _cut_by_budget(self, window: list[int]) -> list[list[int]]:
+        """Cut a window sorted by length into global batches, in rows of ``num_replicas`` examples: at most
+        ``batch_size`` rows, and rows x longest length within ``max_tokens`` (a first row always fits)."""
+        rows_per_process = self.num_replicas
+        batches: list[list[int]] = [[]]
+        rows = 0
+        for start in range(0, len(window), rows_per_process):
+            row = window[start : start + rows_per_process]
+            longest = self.lengths[row[-1]] + self.extra_tokens  # sorted: the row's last is the batch's longest
+            if rows and (rows + 1 > self.batch_size or (rows + 1) * longest > self.max_tokens):
+                batches.append([])
+                rows = 0
+            batches[-1] += row
+            rows += 1
         return batches
 
     def start_pass(self) -> tuple[int, int]:
@@ -129,6 +189,8 @@ class LengthGroupedBatchSampler(BatchSampler):
         self.epoch, self._skip, self._pass_epoch, self._handed_out = epoch, done, None, 0
 
     def __len__(self) -> int:
+        if self.max_tokens is not None:  # the same batches every epoch, in another order
+            return sum(1 for b in self._budget_batches() if self.pad_shards or len(b) > self.rank)
         # windows hold whole global batches, so only the last one can be smaller
         full, rest = divmod(len(self.lengths), self.global_batch_size)
         if rest == 0 or self.drop_last:

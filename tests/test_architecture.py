@@ -22,6 +22,7 @@ LOW_FLOORS = {
     "peftlab.errors": HIGH_FLOORS, "peftlab.tasks": HIGH_FLOORS, "peftlab.backbone": HIGH_FLOORS,
     "peftlab.data": HIGH_FLOORS, "peftlab.persistence": HIGH_FLOORS + ("peftlab.persistence.adapter",),
     "peftlab.methods": HIGH_FLOORS, "peftlab.toy": HIGH_FLOORS, "peftlab.hub": HIGH_FLOORS,
+    "peftlab.threads": HIGH_FLOORS,
     "peftlab_protein.backbones": HIGH_FLOORS, "peftlab_medical.backbones": HIGH_FLOORS,
     "peftlab_speech.backbones": HIGH_FLOORS, "peftlab_protein.data": HIGH_FLOORS,
     "peftlab_medical.data": HIGH_FLOORS, "peftlab_speech.data": HIGH_FLOORS,

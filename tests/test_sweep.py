@@ -57,8 +57,9 @@ def sweep_processes(output: Path) -> list[int]:
     import psutil
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(output) in part for part in proc.info["cmdline"] or []):
+        try:  # a cold cell names its folder on its command line; a warm (forked) one has its log open
+            if (any(str(output) in part for part in proc.info["cmdline"] or [])
+                    or any(str(output) in f.path for f in proc.open_files())):
                 found.append(proc.pid)
         except psutil.Error:
             continue
@@ -264,3 +265,39 @@ def test_peftlab_fit_still_runs_next_to_the_sweep_dispatch(tmp_path):
                  "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
                  f"--trainer.default_root_dir={tmp_path}"]) is None
     assert (next(tmp_path.rglob("adapter")) / "adapter.safetensors").is_file()
+
+
+
+def _self_killer():
+    import lightning as L
+
+    class SelfKiller(L.Callback):
+        """SIGKILLs its own process as training starts (what an out-of-memory kill does)."""
+
+        def on_train_start(self, trainer, pl_module):
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    SelfKiller.__module__, SelfKiller.__qualname__ = __name__, "SelfKiller"
+    return SelfKiller
+
+
+SelfKiller = _self_killer()
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_cells_fork_from_a_warm_worker_and_a_killed_cell_ends_only_itself(tmp_path, cold):
+    """Warm (default): the cells find peftlab imported; a cell SIGKILLed mid-run is recorded as such
+    and the next cell still runs. ``--cold``: new interpreters, same outcome."""
+    kill = tmp_path / "kill.yaml"
+    kill.write_text("trainer:\n  callbacks:\n    - class_path: tests.test_sweep.SelfKiller\n")
+    killed = {"name": "killed", "configs": ["configs/methods/lora.yaml", str(kill)]}
+    config = write_sweep(tmp_path / "grid.yaml", tmp_path / "out", [killed, PROBE], [0])
+    assert main(["sweep", "--config", str(config), *(["--cold"] if cold else [])]) == 1
+    rows = {r["method"]: r for r in rows_of(tmp_path / "out")}
+    assert rows["killed"]["status"] == "failed" and "killed by signal SIGKILL" in rows["killed"]["error"]
+    assert rows["linear_probe"]["status"] == "ok"
+    result = json.loads(next((tmp_path / "out" / "cells").glob("*linear_probe*/result.json")).read_text())
+    assert result["preloaded"] is (not cold)

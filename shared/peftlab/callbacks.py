@@ -20,6 +20,7 @@ from peftlab.persistence.checkpoint_io import load_checkpoint_file
 from peftlab.distributed import gather_to_rank_zero, gather_trainable_state
 from peftlab.errors import CheckpointFileError
 from peftlab.runs import describe_selection, run_folder, selected_checkpoint
+from peftlab import threads
 
 
 def prediction_table(outputs: list[dict[str, Any]], task_type: str,
@@ -303,3 +304,18 @@ class StepTimer(L.Callback):
         return {"steps": len(self.times), "s_per_step": mean,
                 "samples_per_s": self.samples / max(1e-9, sum(self.times[self.skip:])) if self.samples else 0.0,
                 "peak_memory_mb": peak_mb, "peak_memory_kind": kind}
+
+
+class CoreShare(L.Callback):
+    """torch's threads from the cores this process may use and how many peftlab processes share them
+    (:mod:`peftlab.threads`): chosen when a run starts, counted again every few seconds while it
+    trains, withdrawn when it ends."""
+
+    def setup(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        threads.share_cores(force=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        threads.share_cores()
+
+    def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        threads.leave()

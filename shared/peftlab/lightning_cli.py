@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from peftlab.callbacks import AdapterExport, EvaluationRecord, PredictionCSVWriter, RunFeedback
+from peftlab.callbacks import AdapterExport, CoreShare, EvaluationRecord, PredictionCSVWriter, RunFeedback
 from peftlab.persistence.checkpoint_io import load_checkpoint_file, use_atomic_checkpoint_io
 from peftlab.data import PeftDataModule
 from peftlab.errors import RunFolderError
@@ -186,7 +186,7 @@ class PeftLabCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         # last, so that their messages follow the adapter's
         trainer.callbacks += [RunFeedback(log_every_n_steps_set=trainer_config.get("log_every_n_steps") is not None),
-                              EvaluationRecord()]
+                              EvaluationRecord(), CoreShare()]
         if run is not None:
             setattr(trainer, RUN_DIR_ATTR, run)
         use_atomic_checkpoint_io(trainer.strategy)

@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="an override for every cell, after the YAML's own (repeatable), e.g. --set "
                              "trainer.accelerator=gpu or --set trainer.max_epochs=1; changes the cells' arguments, "
                              "so finished cells run again")
+    parser.add_argument("--cold", action="store_true", help="start every cell as a new Python process that "
+                        "imports everything again (the default forks each cell from one warm worker that has "
+                        "imported peftlab and the sweep's domains; also PEFTLAB_SWEEP_COLD=1)")
     parser.add_argument("--run-cell", metavar="DIR", help=argparse.SUPPRESS)  # internal: the child process
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.run_cell:
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
     except SweepConfigError as exc:
         parser.error(str(exc))
-    report = run_sweep(sweep, dry_run=ns.dry_run)
+    report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None)
     return 1 if report.failed or (not ns.dry_run and _any_failed(sweep)) else 0
 
 def _key_value(text: str) -> tuple[str, Any]:

@@ -71,6 +71,8 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     spec = json.loads((cell_dir / CELL_SPEC).read_text())
     tail = _StderrTail(sys.stderr)
     sys.stderr = tail
+    # forked from the warm worker (peftlab.sweep.warm): the fit-and-test path is imported already
+    preloaded = "peftlab.experiment" in sys.modules
     result: dict[str, Any] = {"status": "failed"}
     start = time.perf_counter()
     try:
@@ -106,5 +108,6 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     finally:
         sys.stderr = tail.stream
     result["cell_seconds"] = time.perf_counter() - start
+    result["preloaded"] = preloaded
     write_json(cell_dir / CELL_RESULT, result)
     return 0 if result["status"] == "ok" else 1

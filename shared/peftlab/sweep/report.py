@@ -73,8 +73,9 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
              f"{platform.machine()}, {os.cpu_count()} CPU cores. Metric: mean ± sample std over the seeds "
              "(n = seeds that finished). Trainable params: trained parameters, head included, and their share of "
              "the backbone's parameters. Peak memory: " + (", ".join(kinds) or "-") + " (cpu_peak_rss = the cell "
-             "process's peak resident set, in brackets its growth over the process after importing torch and "
-             "Lightning; cuda_max_allocated = torch's CUDA max allocated). Cost columns: means over the seeds.", ""]
+             "process's peak resident set, in brackets what the cell added: its growth over the warm worker it "
+             "forked from, which had imported torch, Lightning, peftlab and the field's libraries (with --cold: "
+             "over its own process after those imports); cuda_max_allocated = torch's CUDA max allocated). Cost columns: means over the seeds.", ""]
     for task in sweep.tasks:
         task_rows = [r for r in rows if r.get("task") == task.name]
         metrics = sorted({r["primary_metric"] for r in task_rows if r.get("primary_metric")})

@@ -21,6 +21,7 @@ from peftlab.persistence.atomic import atomic_write_text
 from peftlab.sweep.cell import PARENT_ENV, one_line, write_json
 from peftlab.sweep.config import Cell, Sweep
 from peftlab.sweep.report import make_plots, render_markdown, show_path
+from peftlab.sweep.warm import WarmStarter, cold_requested, preload_modules
 from peftlab.sweep.results import (CELL_LOG, CELL_RESULT, CELL_SPEC, CELLS_DIR, RESULTS_CSV, RESULTS_MD, read_results,
                                    row_from_result, row_key, write_results)
 
@@ -38,9 +39,9 @@ class SweepReport:
 class _Interrupted(Exception):
     pass
 
-def _launch(cell: Cell, sweep: Sweep, cell_dir: Path) -> dict[str, Any]:
-    """Run one cell in a subprocess; return its result (an error result when the
-    subprocess died without writing one)."""
+def _launch(cell: Cell, sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
+    """Run one cell in its own process (forked from the warm worker, else a new interpreter); return
+    its result (an error result when the process died without writing one)."""
     if cell_dir.exists():
         shutil.rmtree(cell_dir)  # a failed or stale earlier attempt
     cell_dir.mkdir(parents=True)
@@ -50,6 +51,19 @@ def _launch(cell: Cell, sweep: Sweep, cell_dir: Path) -> dict[str, Any]:
         "equivalent_command": "peftlab fit " + shlex.join([*cell.args, f"--trainer.default_root_dir={cell_dir}"])
                               + "  # then test",
     })
+    code = (_run_warm(warm, sweep, cell_dir) if warm is not None else _run_cold(sweep, cell_dir))
+    if code is None:
+        return {"status": "failed", "error": f"timed out after {sweep.cell_timeout_s:g} s (cell_timeout_s)"}
+    result_path = cell_dir / CELL_RESULT
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    return {"status": "failed", "error": one_line(f"the cell process {why} without a result; "
+                                                  f"last output: {_last_line(cell_dir / CELL_LOG)}")}
+
+
+def _run_cold(sweep: Sweep, cell_dir: Path) -> int | None:
+    """The cell as a new interpreter (``--cold``); its exit status, None when it timed out."""
     env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
     command = [sys.executable, "-m", "peftlab.sweep", "--run-cell", str(cell_dir)]
     with open(cell_dir / CELL_LOG, "wb") as log:
@@ -57,19 +71,39 @@ def _launch(cell: Cell, sweep: Sweep, cell_dir: Path) -> dict[str, Any]:
         proc = subprocess.Popen(command, cwd=sweep.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            code = proc.wait(timeout=sweep.cell_timeout_s)
+            return proc.wait(timeout=sweep.cell_timeout_s)
         except subprocess.TimeoutExpired:
             _kill(proc)
-            return {"status": "failed", "error": f"timed out after {sweep.cell_timeout_s:g} s (cell_timeout_s)"}
+            return None
         except BaseException:
             _kill(proc)
             raise
-    result_path = cell_dir / CELL_RESULT
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
-    why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-    return {"status": "failed", "error": one_line(f"the cell process {why} without a result; "
-                                                  f"last output: {_last_line(cell_dir / CELL_LOG)}")}
+
+
+def _run_warm(warm: WarmStarter, sweep: Sweep, cell_dir: Path) -> int | None:
+    """The cell forked from the warm worker (in its own session); its exit status, None on a timeout."""
+    proc = warm.start(cell_dir, sweep.root, cell_dir / CELL_LOG)
+    try:
+        proc.join(sweep.cell_timeout_s)
+        if proc.exitcode is None:
+            _kill_group(proc.pid)
+            proc.join()
+            return None
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.join()
+        raise
+    return proc.exitcode
+
+
+def _kill_group(pid: int) -> None:
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)  # the cell and any data loader workers
+            return
+        except (ProcessLookupError, PermissionError):  # not yet its own group, or gone
+            continue
+
 
 def _kill(proc: subprocess.Popen) -> None:
     try:
@@ -122,9 +156,10 @@ class _Progress:
         return _fmt_seconds(time.perf_counter() - self.start)
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
+def run_sweep(sweep: Sweep, dry_run: bool = False, cold: bool | None = None) -> SweepReport:
     """Run (or, with ``dry_run``, list) every cell not yet recorded as ok, then
-    write the tables and plots."""
+    write the tables and plots. Cells fork from a warm worker (:mod:`peftlab.sweep.warm`);
+    ``cold`` (default: ``PEFTLAB_SWEEP_COLD``) starts each as a new interpreter."""
     cells = sweep.cells()
     progress = _Progress(sweep)
     n_axes = " x ".join([f"{len(sweep.tasks)} task(s)"]
@@ -137,8 +172,15 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> SweepReport:
         _list_cells(sweep, cells, progress)
         return progress.report
     sweep.output.mkdir(parents=True, exist_ok=True)
-    with _sigterm_interrupts():
-        _run_cells(sweep, cells, progress)
+    cold = cold_requested() if cold is None else cold
+    todo = [c for c in cells if progress.state(c) != "done"]
+    warm = None if cold or not todo else WarmStarter(preload_modules([c.args for c in todo], sweep.root))
+    try:
+        with _sigterm_interrupts():
+            _run_cells(sweep, cells, progress, warm)
+    finally:
+        if warm is not None:
+            warm.close()
     _write_report(sweep, cells, progress)
     return progress.report
 
@@ -174,7 +216,7 @@ def _sigterm_interrupts():
             signal.signal(signal.SIGTERM, interrupted)
 
 
-def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:
+def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress, warm: WarmStarter | None) -> None:
     todo = [c for c in cells if progress.state(c) != "done"]
     for k, cell in enumerate(cells, 1):
         if cell not in todo:
@@ -184,9 +226,9 @@ def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:
         print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}) ...", flush=True)
         t0 = time.perf_counter()
         progress.report.launched.append(cell.dirname)
-        result = _launch(cell, sweep, sweep.output / CELLS_DIR / cell.dirname)
+        result = _launch(cell, sweep, sweep.output / CELLS_DIR / cell.dirname, warm)
         progress.durations.append(time.perf_counter() - t0)
-        result["cell_seconds"] = progress.durations[-1]  # wall time, process start included
+        result["cell_seconds"] = progress.durations[-1]  # wall time, process start (or fork) included
         row = progress.record(cell, result)
         left = len(todo) - len(progress.durations)
         eta = left * sum(progress.durations) / len(progress.durations)

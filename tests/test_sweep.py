@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -301,3 +302,43 @@ def test_cells_fork_from_a_warm_worker_and_a_killed_cell_ends_only_itself(tmp_pa
     assert rows["linear_probe"]["status"] == "ok"
     result = json.loads(next((tmp_path / "out" / "cells").glob("*linear_probe*/result.json")).read_text())
     assert result["preloaded"] is (not cold)
+
+
+def _sleeper():
+    import lightning as L
+
+    class Sleeper(L.Callback):
+        """Writes its pid beside the sweep's config (``PEFTLAB_TEST_PID_FILE``), then hangs as training starts."""
+
+        def on_train_start(self, trainer, pl_module):
+            import os
+            import time
+
+            with open(os.environ["PEFTLAB_TEST_PID_FILE"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+
+    Sleeper.__module__, Sleeper.__qualname__ = __name__, "Sleeper"
+    return Sleeper
+
+
+Sleeper = _sleeper()
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_a_cell_past_its_timeout_is_killed_and_recorded(tmp_path, monkeypatch, cold):
+    """A hanging cell is killed at ``cell_timeout_s`` (not waited out), recorded as timed out, and gone."""
+    pid_file = tmp_path / "cell.pid"
+    monkeypatch.setenv("PEFTLAB_TEST_PID_FILE", str(pid_file))
+    hang = tmp_path / "hang.yaml"
+    hang.write_text("trainer:\n  callbacks:\n    - class_path: tests.test_sweep.Sleeper\n")
+    config = write_sweep(tmp_path / "grid.yaml", tmp_path / "out",
+                         [{"name": "hangs", "configs": ["configs/methods/lora.yaml", str(hang)]}], [0])
+    spec = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**spec, "cell_timeout_s": 30}, sort_keys=False))
+    assert main(["sweep", "--config", str(config), *(["--cold"] if cold else [])]) == 1
+    (row,) = rows_of(tmp_path / "out")
+    assert row["status"] == "failed" and row["error"] == "timed out after 30 s (cell_timeout_s)"
+    pid = int(pid_file.read_text())  # the cell reached training, then hung until killed
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

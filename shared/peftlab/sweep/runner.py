@@ -86,31 +86,26 @@ def _run_warm(warm: WarmStarter, sweep: Sweep, cell_dir: Path) -> int | None:
     try:
         proc.join(sweep.cell_timeout_s)
         if proc.exitcode is None:
-            _kill_group(proc.pid)
-            proc.join()
+            _kill(proc)
             return None
     except BaseException:
-        _kill_group(proc.pid)
-        proc.join()
+        _kill(proc)
         raise
     return proc.exitcode
 
 
-def _kill_group(pid: int) -> None:
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):
-        try:
-            kill(target, signal.SIGKILL)  # the cell and any data loader workers
-            return
-        except (ProcessLookupError, PermissionError):  # not yet its own group, or gone
-            continue
-
-
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen | Any) -> None:
+    """SIGKILL a cell (a cold ``Popen`` or a warm ``multiprocessing.Process``) with its process group
+    (data loader workers), else the process alone, then reap it."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the cell and any data loader workers
-    except (AttributeError, ProcessLookupError, PermissionError):  # no process groups (Windows), or gone
-        proc.kill()
-    proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (AttributeError, ProcessLookupError, PermissionError):  # no groups (Windows), not yet its own group, or gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    if isinstance(proc, subprocess.Popen):
+        proc.wait()
+    else:
+        proc.join()
 
 def _last_line(path: Path) -> str:
     try:

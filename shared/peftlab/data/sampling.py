@@ -149,11 +149,10 @@ class LengthGroupedBatchSampler(BatchSampler):
     def _cut_by_budget(self, window: list[int]) -> list[list[int]]:
         """Cut a window sorted by length into global batches, in rows of ``num_replicas`` examples: at most
         ``batch_size`` rows, and rows x longest length within ``max_tokens`` (a first row always fits)."""
-        rows_per_process = self.num_replicas
         batches: list[list[int]] = [[]]
         rows = 0
-        for start in range(0, len(window), rows_per_process):
-            row = window[start : start + rows_per_process]
+        for start in range(0, len(window), self.num_replicas):  # a row: one example per process
+            row = window[start : start + self.num_replicas]
             longest = self.lengths[row[-1]] + self.extra_tokens  # sorted: the row's last is the batch's longest
             if rows and (rows + 1 > self.batch_size or (rows + 1) * longest > self.max_tokens):
                 batches.append([])

@@ -209,6 +209,10 @@ def load_audio(path: str | Path, *, sample_rate: int = 16000, start: float | Non
             data = f.read(count, dtype="float32", always_2d=True)
     except DataError:
         raise
+    except MemoryError:  # a corrupt header promising billions of frames
+        raise DataError(p, record, f"the header promises {count} frames x {info.channels} channel(s) "
+                                   f"({count / info.sample_rate:.0f} s), more than memory holds: a corrupt "
+                                   f"header?") from None
     except _READ_ERRORS as err:
         raise _unreadable(p, record, err) from None
     if data.shape[0] != count:

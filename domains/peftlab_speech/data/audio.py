@@ -165,6 +165,21 @@ def _crop_offset(total: int, window: int, crop: str, generator: torch.Generator 
     return int(torch.randint(0, total - window + 1, (1,), generator=generator))
 
 
+def _read_frames(f: sf.SoundFile, p: Path, info: AudioInfo, first: int, count: int, record: Any):
+    """``count`` frames from frame ``first`` as float32 ``[count, channels]``; short reads are errors."""
+    f.seek(first)
+    try:
+        data = f.read(count, dtype="float32", always_2d=True)
+    except MemoryError:  # a corrupt header promising billions of frames
+        raise DataError(p, record, f"the header promises {count} frames x {info.channels} channel(s) "
+                                   f"({count / info.sample_rate:.0f} s), more than memory holds: a corrupt "
+                                   f"header?") from None
+    if data.shape[0] != count:
+        raise DataError(p, record, f"truncated file: the header promises {count} more frames from frame "
+                                   f"{first}, only {data.shape[0]} could be read")
+    return data
+
+
 def load_audio(path: str | Path, *, sample_rate: int = 16000, start: float | None = None,
                end: float | None = None, max_seconds: float | None = None, crop: str = "center",
                generator: torch.Generator | None = None, expected_sample_rate: int | None = None,
@@ -205,19 +220,11 @@ def load_audio(path: str | Path, *, sample_rate: int = 16000, start: float | Non
                 window = math.ceil(max_samples * info.sample_rate / sample_rate)
                 offset = _crop_offset(count, window, crop, generator)
                 first, count = first + offset, min(count, window)
-            f.seek(first)
-            data = f.read(count, dtype="float32", always_2d=True)
+            data = _read_frames(f, p, info, first, count, record)
     except DataError:
         raise
-    except MemoryError:  # a corrupt header promising billions of frames
-        raise DataError(p, record, f"the header promises {count} frames x {info.channels} channel(s) "
-                                   f"({count / info.sample_rate:.0f} s), more than memory holds: a corrupt "
-                                   f"header?") from None
     except _READ_ERRORS as err:
         raise _unreadable(p, record, err) from None
-    if data.shape[0] != count:
-        raise DataError(p, record, f"truncated file: the header promises {count} more frames from frame "
-                                   f"{first}, only {data.shape[0]} could be read")
     waveform = torch.from_numpy(data).mean(dim=1)  # down-mix: the mean of the channels
     if info.sample_rate != sample_rate:
         waveform = _resampler(info.sample_rate, sample_rate)(waveform)

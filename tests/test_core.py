@@ -15,7 +15,8 @@ from peftlab.model.loading import load_adapter
 from peftlab.persistence.adapter import save_adapter
 from peftlab.data import LengthGroupedBatchSampler, seeded_split
 from peftlab.model.heads import Pooling, TaskHead
-from peftlab.model.metrics import build_metrics, loss_and_predictions
+from peftlab.model.task_kinds import task_kind
+from peftlab.tasks import TASK_TYPES
 
 from tests.conftest import make_backbone
 
@@ -59,21 +60,22 @@ def test_head_output_shapes(task, k, shape):
 
 def test_losses_and_metric_inputs_per_task():
     logits = torch.tensor([[2.0], [-1.0]])
-    loss, preds, target = loss_and_predictions("binary", logits, torch.tensor([1.0, 0.0]))
+    loss, preds, target = task_kind("binary").loss_and_predictions(logits, {"labels": torch.tensor([1.0, 0.0])})
     torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), torch.tensor([1.0, 0.0])))
     torch.testing.assert_close(preds, logits.squeeze(1).sigmoid())
     assert target.dtype == torch.long
     # token task: positions labelled -100 do not count
     logits = torch.zeros(1, 3, 2)
     logits[0, :, 1] = 5.0
-    loss, preds, target = loss_and_predictions("token_classification", logits, torch.tensor([[-100, 1, 0]]))
-    metric = build_metrics("token_classification", 2)
+    loss, preds, target = task_kind("token_classification").loss_and_predictions(
+        logits, {"labels": torch.tensor([[-100, 1, 0]])})
+    metric = task_kind("token_classification").build_metrics(2)
     metric.update(preds, target)
     assert metric.compute()["accuracy"].item() == pytest.approx(0.5)
 
 
 def test_regression_metrics_are_spearman_pearson_mse_mae():
-    m = build_metrics("regression", 1)
+    m = task_kind("regression").build_metrics(1)
     m.update(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 4.0]))
     out = m.compute()
     assert out["spearman"].item() == pytest.approx(0.8)
@@ -172,12 +174,12 @@ def test_optimizer_groups_and_warmup_cosine_schedule():
 
 
 def test_binary_balanced_accuracy_and_per_class_auroc():
-    m = build_metrics("binary", 1)
+    m = task_kind("binary").build_metrics(1)
     m.update(torch.tensor([0.9, 0.8, 0.7, 0.2, 0.6]), torch.tensor([1, 1, 1, 0, 0]))
     out = m.compute()
     # sensitivity 3/3, specificity 1/2
     assert out["balanced_accuracy"].item() == pytest.approx(0.75)
-    mc = build_metrics("multiclass", 3)
+    mc = task_kind("multiclass").build_metrics(3)
     probs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
     mc.update(probs, torch.tensor([0, 1, 2, 1]))
     per_class = mc.compute()["auroc_per_class"]
@@ -228,3 +230,15 @@ def test_layer_weighted_sum_trains_one_weight_per_layer_and_round_trips(tmp_path
         from peftlab_medical import TimmBackbone
         PeftModule(TimmBackbone(name="resnet50"), build_method("linear_probe"), task_type="binary",
                    num_outputs=1, layer_weighted_sum=True)
+
+
+@pytest.mark.parametrize("task", TASK_TYPES)
+def test_every_task_type_has_a_kind_whose_primary_metric_it_logs(task):
+    kind = task_kind(task)
+    assert kind.name == task
+    assert kind.primary_metric in kind.build_metrics(1 if task in ("binary", "regression") else 3)
+
+
+def test_an_unknown_task_type_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown task_type 'segmentaton'; expected one of binary"):
+        task_kind("segmentaton")

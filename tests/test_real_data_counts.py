@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from peftlab import PeftModule, build_method
-from peftlab.model.metrics import build_metrics
+from peftlab.model.task_kinds import task_kind
 from peftlab_protein import ESM2Backbone
 from peftlab_protein.synthetic import SyntheticMotifDataModule
 
@@ -18,7 +18,7 @@ from tests.real_data import SeenByTestMetrics, examples_held
 
 @pytest.mark.parametrize("task,outputs", [("regression", 1), ("binary", 1), ("multiclass", 4)])
 def test_every_metric_kind_reports_the_examples_it_holds(task, outputs):
-    metrics = build_metrics(task, outputs)
+    metrics = task_kind(task).build_metrics(outputs)
     g = torch.Generator().manual_seed(0)
     for n in (7, 5):  # two updates: 12 examples
         if task == "regression":

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peftlab.callbacks import prediction_table
+from peftlab.model.task_kinds import task_kind
 from peftlab.model.loading import load_adapter
 from peftlab.persistence.checkpoint_io import load_checkpoint_file
 from peftlab.cli import main
@@ -164,7 +164,7 @@ def test_test_with_only_a_run_dir_uses_the_runs_selected_checkpoint(monitored, c
     ("regression", None, [[1.5], [-2.0]], (["id", "prediction"], None)),
 ])
 def test_prediction_rows_carry_the_predicted_label_beside_the_scores(task_type, names, scores, expected):
-    header, table = prediction_table([{"ids": ["p", "q"], "scores": torch.tensor(scores)}], task_type, names)
+    header, table = task_kind(task_type).prediction_table([{"ids": ["p", "q"], "scores": torch.tensor(scores)}], names)
     assert header == expected[0]
     if expected[1] is None:
         assert [r[1] for r in table] == [1.5, -2.0]
@@ -175,7 +175,7 @@ def test_prediction_rows_carry_the_predicted_label_beside_the_scores(task_type, 
 def test_token_predictions_have_one_row_per_content_token_with_its_label():
     scores = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]])
     out = {"ids": ["s"], "scores": scores, "mask": torch.tensor([[True, True, False]])}
-    header, table = prediction_table([out], "token_classification", ["H", "E"])
+    header, table = task_kind("token_classification").prediction_table([out], ["H", "E"])
     assert header == ["id", "position", "H", "E", "predicted"]
     assert [(r[1], r[-1]) for r in table] == [(0, "H"), (1, "E")]
 

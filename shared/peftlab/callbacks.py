@@ -23,56 +23,8 @@ from peftlab.runs import describe_selection, run_folder, selected_checkpoint
 from peftlab import threads
 
 
-def prediction_table(outputs: list[dict[str, Any]], task_type: str,
-                     label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
-    """``(header, rows)`` of a predictions CSV from ``predict_step`` outputs: ``id``
-    (and ``position`` for token tasks), one column per output score (class names
-    for classification, ``probability`` for binary, ``prediction`` for
-    regression) and, for classification, ``predicted``: the predicted class
-    name (argmax), the positive or negative name at probability 0.5 for binary,
-    and the labels at or above 0.5 joined by ``;`` for multi-label."""
-    header: list[str] = ["id"]
-    rows: list[list[Any]] = []
-    for out in outputs:
-        scores = out["scores"]
-        width = scores.shape[-1] if scores.ndim > 1 else 1
-        cols = _score_columns(task_type, label_names, width)
-        token_task = out.get("mask") is not None
-        header = (["id", "position"] if token_task else ["id"]) + cols + (["predicted"] if task_type != "regression" else [])
-        if token_task:
-            for i, id_ in enumerate(out["ids"]):
-                for pos in out["mask"][i].nonzero().flatten().tolist():
-                    values = scores[i, pos].tolist()
-                    rows.append([id_, pos] + values + [_predicted(task_type, label_names, values)])
-        else:
-            for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
-                rows.append([id_] + values + ([] if task_type == "regression" else
-                                              [_predicted(task_type, label_names, values)]))
-    return header, rows
-
-
-def _score_columns(task_type: str, names: list[str] | None, width: int) -> list[str]:
-    if names and len(names) == width:
-        return [str(n) for n in names]
-    if task_type in ("regression", "binary") and width == 1:
-        return ["prediction" if task_type == "regression" else "probability"]
-    return [f"output_{k}" for k in range(width)]
-
-
-def _predicted(task_type: str, names: list[str] | None, values: list[float]) -> Any:
-    """The predicted label of one row of scores (see :func:`prediction_table`)."""
-    if task_type == "binary":
-        positive = int(values[0] >= 0.5)
-        return str(names[positive]) if names and len(names) == 2 else positive
-    if task_type == "multilabel":
-        on = [i for i, v in enumerate(values) if v >= 0.5]
-        return ";".join(str(names[i]) if names and len(names) == len(values) else str(i) for i in on)
-    best = max(range(len(values)), key=values.__getitem__)
-    return str(names[best]) if names and len(names) == len(values) else best
-
-
 class PredictionCSVWriter(BasePredictionWriter):
-    """Writes ``predict`` results to a CSV (see :func:`prediction_table` for the
+    """Writes ``predict`` results to a CSV (see :meth:`peftlab.model.task_kinds.TaskKind.prediction_table` for the
     columns; token tasks get one row per content token) and prints its path.
 
     Args:
@@ -90,7 +42,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         predictions = gather_to_rank_zero(trainer, list(predictions))
         if predictions is None:
             return
-        header, rows = prediction_table(predictions, pl_module.task_type, pl_module.label_names)
+        header, rows = pl_module.task.prediction_table(predictions, pl_module.label_names)
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:

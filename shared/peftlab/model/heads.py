@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.backbone import Features
-from peftlab.tasks import check_task_type
+from peftlab.tasks import PER_TOKEN_TASK_TYPES, check_task_type
 
 POOLINGS = ("cls", "mean", "attention")
 
@@ -63,8 +63,8 @@ class TaskHead(nn.Module):
     """An optional weighted layer sum, pooling (for sequence tasks), an optional
     hidden layer and the output layer.
 
-    Outputs ``[B, K]`` for sequence tasks and ``[B, T, K]`` for
-    ``token_classification``.
+    Outputs ``[B, K]`` for sequence tasks and ``[B, T, K]`` for per-token
+    ones (:data:`peftlab.tasks.PER_TOKEN_TASK_TYPES`).
     """
 
     def __init__(self, dim: int, task_type: str, num_outputs: int, pooling: str = "mean",
@@ -72,7 +72,7 @@ class TaskHead(nn.Module):
         super().__init__()
         self.layer_sum = LayerWeightedSum(weighted_layers, dim) if weighted_layers else None
         self.task_type = check_task_type(task_type)
-        self.per_token = task_type == "token_classification"
+        self.per_token = task_type in PER_TOKEN_TASK_TYPES
         self.pool = None if self.per_token else Pooling(pooling, dim)
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if hidden_dim:

@@ -15,8 +15,7 @@ from peftlab.distributed import unwrapped_name
 from peftlab.errors import CheckpointFileError, NonFiniteLossError
 from peftlab.methods import LoRA, Method, count_parameters
 from peftlab.model.cache import FeatureCache
-from peftlab.model.heads import TaskHead
-from peftlab.model.metrics import PRIMARY_METRIC, build_metrics, loss_and_predictions
+from peftlab.model.task_kinds import task_kind
 from peftlab.persistence.adapter import check_identity, shape_mismatches
 from peftlab.persistence.checkpoint_io import CHECKPOINT_KEY, FORMAT_VERSION, LOADED_FROM_KEY
 
@@ -92,27 +91,28 @@ class PeftModule(L.LightningModule):
         self.backbone = backbone
         self.layer_weighted_sum = layer_weighted_sum
         self.feature_cache = FeatureCache() if cache_frozen_features else None
+        self.task = task_kind(task_type)
         if self.feature_cache is not None:
             if any(p.requires_grad for p in backbone.parameters()):
                 raise ValueError(f"cache_frozen_features needs a frozen backbone (linear_probe); "
                                  f"method {self.method.name!r} trains backbone weights")
-            if task_type == "token_classification":
-                raise ValueError("cache_frozen_features supports sequence-level tasks, not token_classification")
+            if not self.task.cacheable:
+                raise ValueError(f"cache_frozen_features supports sequence-level tasks, not {task_type}")
         layers = backbone.num_blocks + 1 if layer_weighted_sum else None
         if layer_weighted_sum and not backbone.token_sequence:
             raise ValueError(f"layer_weighted_sum needs per-layer token states, which {backbone.name} does not give")
-        self.head = TaskHead(backbone.embed_dim, task_type, num_outputs, pooling, head_hidden_dim, head_dropout,
-                             weighted_layers=layers)
+        self.head = self.task.build_head(backbone, num_outputs, pooling=pooling, hidden_dim=head_hidden_dim,
+                                         dropout=head_dropout, weighted_layers=layers)
         self.task_type, self.num_outputs, self.label_names = task_type, num_outputs, label_names
         self.lr, self.head_lr, self.weight_decay, self.warmup_fraction = lr, head_lr, weight_decay, warmup_fraction
         self.head_config = {"task_type": task_type, "num_outputs": num_outputs, "pooling": pooling,
                             "hidden_dim": head_hidden_dim, "dropout": head_dropout,
                             "layer_weighted_sum": layer_weighted_sum}
         self.save_hyperparameters(ignore=["backbone", "method"])
-        metrics = build_metrics(task_type, num_outputs)
+        metrics = self.task.build_metrics(num_outputs)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.primary_metric = PRIMARY_METRIC[task_type]
+        self.primary_metric = self.task.primary_metric
         # only trained state is checkpointed; loading checks what is missing itself
         self.strict_loading = False
 
@@ -151,7 +151,7 @@ class PeftModule(L.LightningModule):
         return self.head(self.backbone(batch, output_layers=self.layer_weighted_sum))
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        return loss_and_predictions(self.task_type, self(batch), batch["labels"])
+        return self.task.loss_and_predictions(self(batch), batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
@@ -199,17 +199,7 @@ class PeftModule(L.LightningModule):
         self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        logits = self(batch)
-        if self.task_type in ("binary", "multilabel"):
-            scores = logits.float().sigmoid()
-        elif self.task_type in ("multiclass", "token_classification"):
-            scores = logits.float().softmax(-1)
-        else:
-            scores = logits.float()
-        out = {"ids": batch["ids"], "scores": scores}
-        if self.task_type == "token_classification":
-            out["mask"] = batch["labels"] != -100 if "labels" in batch else None
-        return out
+        return self.task.predict_output(self(batch), batch)
 
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ header) has these keys::
       - name: protein-motif
         configs: [configs/protein/backbones/esm2_tiny.yaml, configs/protein/data/synthetic_motif.yaml]
         overrides: {trainer.max_epochs: 2}
-        metric: null          # optional: the reported metric (default: PRIMARY_METRIC of the task type)
+        metric: null          # optional: the reported metric (default: the task type's primary metric)
     methods:                  # required
       - name: lora
         configs: [configs/methods/lora.yaml]

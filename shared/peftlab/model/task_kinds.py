@@ -1,0 +1,254 @@
+"""One class per task type: what the model needs to know about it.
+
+A :class:`TaskKind` builds the head on the backbone's features, the metric
+set, the loss (with the metric inputs) for a batch, the scores ``peftlab
+predict`` returns and the rows of ``predictions.csv``. :class:`PeftModule`
+asks the kind of its ``task_type`` for each of these, so a new task type
+(segmentation, transcription, per-residue regression...) is one subclass
+registered here plus its name in :data:`peftlab.tasks.TASK_TYPES`, and the
+module, the sweep and the prediction writer need no change.
+
+Why our own small class: Lightning has no notion of a task type and
+torchmetrics only supplies the metrics; the table of what each type needs lives
+somewhere, and a class per type keeps each type's choices together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+import torchmetrics as tm
+from torch import Tensor, nn
+
+from peftlab.model.heads import TaskHead
+from peftlab.model.metrics import BinaryBalancedAccuracy
+from peftlab.tasks import IGNORE_INDEX, PER_TOKEN_TASK_TYPES, TASK_TYPES, check_task_type
+
+
+class TaskKind:
+    """What a task type needs from the model. Subclasses set :attr:`name` and
+    :attr:`primary_metric` and override what differs from a sequence-level task.
+
+    Attributes:
+        name: the ``task_type`` string of configs and adapters.
+        primary_metric: the metric (without ``val/``) that selects checkpoints
+            and fills paper tables.
+        cacheable: frozen features may be cached per example
+            (``cache_frozen_features``).
+    """
+
+    name: str = ""
+    primary_metric: str = ""
+    cacheable: bool = True
+
+    @property
+    def per_token(self) -> bool:
+        """The head outputs one row per token (``[B, T, K]``)."""
+        return self.name in PER_TOKEN_TASK_TYPES
+
+    def build_head(self, backbone: Any, num_outputs: int, *, pooling: str = "mean", hidden_dim: int | None = None,
+                   dropout: float = 0.1, weighted_layers: int | None = None) -> nn.Module:
+        """The trainable head on the backbone's :class:`~peftlab.backbone.Features`."""
+        return TaskHead(backbone.embed_dim, self.name, num_outputs, pooling, hidden_dim, dropout,
+                        weighted_layers=weighted_layers)
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        """The metrics logged for validation and test (vector-valued ones become one scalar per entry)."""
+        raise NotImplementedError
+
+    def loss_and_predictions(self, logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, metric_preds, metric_target)`` for one batch (labels in ``batch["labels"]``)."""
+        raise NotImplementedError
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """What ``predict`` returns per example: probabilities, or values for regression."""
+        return logits.float()
+
+    def predict_output(self, logits: Tensor, batch: dict[str, Any]) -> dict[str, Any]:
+        """One predict batch's output, for :meth:`prediction_table` (and gathered across processes)."""
+        return {"ids": batch["ids"], "scores": self.scores(logits)}
+
+    def prediction_table(self, outputs: list[dict[str, Any]],
+                         label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
+        """``(header, rows)`` of ``predictions.csv``: ``id``, one column per output
+        score (class names, ``probability`` for binary, ``prediction`` for a
+        single regression output) and, for classification, ``predicted``."""
+        header: list[str] = ["id"]
+        rows: list[list[Any]] = []
+        for out in outputs:
+            scores = out["scores"]
+            width = scores.shape[-1] if scores.ndim > 1 else 1
+            header = ["id"] + self.score_columns(label_names, width) + (["predicted"] if self.classifies else [])
+            for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
+                rows.append([id_] + values + ([self.predicted(label_names, values)] if self.classifies else []))
+        return header, rows
+
+    classifies: bool = True  # predictions.csv gets a ``predicted`` label column
+
+    single_score_column = "output_0"  # the column of a one-score task without label names
+
+    def score_columns(self, names: list[str] | None, width: int) -> list[str]:
+        if names and len(names) == width:
+            return [str(n) for n in names]
+        return [self.single_score_column] if width == 1 else [f"output_{k}" for k in range(width)]
+
+    def predicted(self, names: list[str] | None, values: list[float]) -> Any:
+        """The predicted label of one row of scores: the class name of the argmax."""
+        best = max(range(len(values)), key=values.__getitem__)
+        return str(names[best]) if names and len(names) == len(values) else best
+
+
+class Regression(TaskKind):
+    name, primary_metric, classifies = "regression", "spearman", False
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        n = num_outputs
+        return tm.MetricCollection({
+            "spearman": tm.SpearmanCorrCoef(num_outputs=n), "pearson": tm.PearsonCorrCoef(num_outputs=n),
+            "mse": tm.MeanSquaredError(num_outputs=n), "mae": tm.MeanAbsoluteError(num_outputs=n)})
+
+    def loss_and_predictions(self, logits, batch):
+        preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+        labels = batch["labels"].to(preds.dtype).reshape(preds.shape)
+        return F.mse_loss(preds, labels), preds.float(), labels.float()
+
+    single_score_column = "prediction"
+
+
+class Binary(TaskKind):
+    name, primary_metric = "binary", "auroc"
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        return tm.MetricCollection({
+            "accuracy": tm.classification.BinaryAccuracy(), "balanced_accuracy": BinaryBalancedAccuracy(),
+            "mcc": tm.classification.BinaryMatthewsCorrCoef(),
+            "f1": tm.classification.BinaryF1Score(), "auroc": tm.classification.BinaryAUROC()})
+
+    def loss_and_predictions(self, logits, batch):
+        z = logits.squeeze(-1)
+        y = batch["labels"].to(z.dtype).reshape(z.shape)
+        return F.binary_cross_entropy_with_logits(z, y), z.float().sigmoid(), y.long()
+
+    def scores(self, logits):
+        return logits.float().sigmoid()
+
+    single_score_column = "probability"
+
+    def predicted(self, names, values):
+        """The positive or negative class at probability 0.5."""
+        positive = int(values[0] >= 0.5)
+        return str(names[positive]) if names and len(names) == 2 else positive
+
+
+class Multiclass(TaskKind):
+    name, primary_metric = "multiclass", "accuracy"
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        n = num_outputs
+        return tm.MetricCollection({
+            "accuracy": tm.classification.MulticlassAccuracy(n, average="micro"),
+            "balanced_accuracy": tm.classification.MulticlassAccuracy(n, average="macro"),
+            "mcc": tm.classification.MulticlassMatthewsCorrCoef(n),
+            "f1": tm.classification.MulticlassF1Score(n, average="macro"),
+            "auroc": tm.classification.MulticlassAUROC(n, average="macro"),
+            "auroc_per_class": tm.classification.MulticlassAUROC(n, average=None)})
+
+    def loss_and_predictions(self, logits, batch):
+        labels = batch["labels"].long()
+        return F.cross_entropy(logits, labels), logits.float().softmax(-1), labels
+
+    def scores(self, logits):
+        return logits.float().softmax(-1)
+
+
+class Multilabel(TaskKind):
+    name, primary_metric = "multilabel", "auroc"
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        n = num_outputs
+        return tm.MetricCollection({
+            "accuracy": tm.classification.MultilabelAccuracy(n), "f1": tm.classification.MultilabelF1Score(n),
+            "auroc": tm.classification.MultilabelAUROC(n, average="macro"),
+            "auroc_per_label": tm.classification.MultilabelAUROC(n, average=None)})
+
+    def loss_and_predictions(self, logits, batch):
+        y = batch["labels"].to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, y), logits.float().sigmoid(), y.long()
+
+    def scores(self, logits):
+        return logits.float().sigmoid()
+
+    def predicted(self, names, values):
+        """The labels at or above probability 0.5, joined by ``;``."""
+        on = [i for i, v in enumerate(values) if v >= 0.5]
+        return ";".join(str(names[i]) if names and len(names) == len(values) else str(i) for i in on)
+
+
+class TokenClassification(TaskKind):
+    """One class per token; tokens labelled :data:`IGNORE_INDEX` (padding,
+    special tokens, unlabelled residues) count in neither loss nor metrics."""
+
+    name, primary_metric, cacheable = "token_classification", "accuracy", False
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        return tm.MetricCollection({"accuracy": tm.classification.MulticlassAccuracy(
+            num_outputs, average="micro", ignore_index=IGNORE_INDEX)})
+
+    def loss_and_predictions(self, logits, batch):
+        flat, y = logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1).long()
+        return F.cross_entropy(flat, y, ignore_index=IGNORE_INDEX), flat.float().softmax(-1), y
+
+    def scores(self, logits):
+        return logits.float().softmax(-1)
+
+    def predict_output(self, logits, batch):
+        out = super().predict_output(logits, batch)
+        out["mask"] = batch["labels"] != IGNORE_INDEX if "labels" in batch else None
+        return out
+
+    def prediction_table(self, outputs, label_names):
+        """One row per scored token: ``id``, ``position``, the class scores and ``predicted``
+        (every token when the batch had no labels to mark the scored ones)."""
+        header: list[str] = ["id", "position"]
+        rows: list[list[Any]] = []
+        for out in outputs:
+            scores, mask = out["scores"], out.get("mask")
+            header = ["id", "position"] + self.score_columns(label_names, scores.shape[-1]) + ["predicted"]
+            for i, id_ in enumerate(out["ids"]):
+                positions = (mask[i].nonzero().flatten().tolist() if mask is not None
+                             else list(range(scores.shape[1])))
+                for pos in positions:
+                    values = scores[i, pos].tolist()
+                    rows.append([id_, pos] + values + [self.predicted(label_names, values)])
+        return header, rows
+
+
+TASK_KINDS: dict[str, TaskKind] = {}
+
+
+def register_task_kind(kind: TaskKind) -> TaskKind:
+    """Add a task type's kind to the table (its name must be in :data:`peftlab.tasks.TASK_TYPES`)."""
+    check_task_type(kind.name)
+    TASK_KINDS[kind.name] = kind
+    return kind
+
+
+for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification()):
+    register_task_kind(_kind)
+
+
+def task_kind(task_type: str) -> TaskKind:
+    """The :class:`TaskKind` of a ``task_type`` (a ValueError listing the known ones otherwise)."""
+    check_task_type(task_type)
+    if task_type not in TASK_KINDS:  # named in tasks.py but its kind not registered: a core bug
+        raise ValueError(f"task_type {task_type!r} has no TaskKind registered; registered: {', '.join(TASK_KINDS)}")
+    return TASK_KINDS[task_type]
+
+
+def primary_metric(task_type: str) -> str:
+    """The metric that selects checkpoints for this task type (without ``val/``)."""
+    return task_kind(task_type).primary_metric
+
+
+assert set(TASK_KINDS) == set(TASK_TYPES), "every task type in peftlab.tasks needs a TaskKind here"

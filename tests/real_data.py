@@ -72,10 +72,12 @@ class SeenByTestMetrics(L.Callback):
         metrics, update, compute = self._restore
         metrics.update, metrics.compute = update, compute
 
-    def check(self, expected_ids: list[str], must_hold: set[str]) -> None:
-        """Every metric saw exactly the test split: ``expected_ids``, each once."""
+    def check(self, expected_ids: list[str], must_hold: set[str], scored_units: int | None = None) -> None:
+        """Every metric saw exactly the test split: ``expected_ids``, each once; per-token tasks
+        give ``scored_units`` (the scored residues of the split), which the metrics must hold."""
         n = len(expected_ids)
-        assert self.rows == n, f"the test metrics were updated with {self.rows} rows, the split has {n}"
+        units = n if scored_units is None else scored_units
+        assert self.rows == units, f"the test metrics were updated with {self.rows} rows, the split has {units}"
         assert sorted(self.ids) == sorted(map(str, expected_ids)) and len(set(self.ids)) == n
         assert must_hold <= set(self.held), f"no example count read from {sorted(must_hold - set(self.held))}"
-        assert self.held == {name: n for name in self.held}, self.held
+        assert self.held == {name: units for name in self.held}, self.held

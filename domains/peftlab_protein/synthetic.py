@@ -9,7 +9,14 @@ sequence:
   (exactly balanced: every other sequence is positive);
 * ``regression``: the number of motif copies (0 to 3), as a float;
 * ``token_classification``: ``"1"`` on residues inside a motif copy, ``"0"``
-  elsewhere (label names ``["0", "1"]``).
+  elsewhere (label names ``["0", "1"]``);
+* ``token_regression``: ``1.0`` on residues inside a motif copy, ``0.0``
+  elsewhere, and NaN (not measured) on every 10th residue, as real per-residue
+  data has gaps.
+
+:class:`SyntheticMotifPairDataModule` pairs such sequences: a pair is positive
+when both of its proteins carry the motif (a symmetric rule that needs both
+sides), balanced by construction.
 
 Generation is deterministic for a seed and independent of torch's RNG. The
 background never contains the motif by chance: a sequence whose motif count
@@ -21,9 +28,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from peftlab_protein.data import ALLOWED_RESIDUES, ProteinDataModule, ProteinRecord, clean_sequence
+from peftlab_protein.data import (ALLOWED_RESIDUES, ProteinDataModule, ProteinPair, ProteinPairDataModule,
+                                  ProteinRecord, clean_sequence)
 
-__all__ = ["BACKGROUND_FREQUENCIES", "DEFAULT_MOTIF", "SyntheticMotifDataModule", "make_synthetic_records"]
+__all__ = ["BACKGROUND_FREQUENCIES", "DEFAULT_MOTIF", "SyntheticMotifDataModule", "SyntheticMotifPairDataModule",
+           "make_synthetic_records"]
 
 # Amino-acid composition of UniProtKB/Swiss-Prot, in percent.
 BACKGROUND_FREQUENCIES: dict[str, float] = {
@@ -32,7 +41,8 @@ BACKGROUND_FREQUENCIES: dict[str, float] = {
     "Y": 2.92, "V": 6.87,
 }
 DEFAULT_MOTIF = "WCMHW"  # the rarest residues (W, C, M, H): ~1e-9 chance per position in the background
-SYNTHETIC_TASKS = ("binary", "regression", "token_classification")
+SYNTHETIC_TASKS = ("binary", "regression", "token_classification", "token_regression")
+UNMEASURED_EVERY = 10  # token_regression: every 10th residue has no value (NaN)
 MAX_COPIES = 3
 
 
@@ -66,7 +76,7 @@ def make_synthetic_records(num_sequences: int = 600, min_length: int = 30, max_l
     Args:
         num_sequences: how many records.
         min_length, max_length: sequence length range (inclusive), in residues.
-        task_type: ``binary``, ``regression`` or ``token_classification`` (see module doc).
+        task_type: one of :data:`SYNTHETIC_TASKS` (see module doc).
         motif: the planted motif (amino-acid letters).
         seed: the generator seed; the same arguments give the same records.
 
@@ -103,6 +113,8 @@ def make_synthetic_records(num_sequences: int = 600, min_length: int = 30, max_l
             for start in starts:
                 marks[start : start + len(motif)] = "1" * len(motif)
             label = "".join(marks)
+            if task_type == "token_regression":
+                label = [float("nan") if (k + 1) % UNMEASURED_EVERY == 0 else float(m) for k, m in enumerate(marks)]
         records.append(ProteinRecord(id=f"synthetic{i}", sequence=sequence, label=label))
     return records
 
@@ -118,7 +130,7 @@ class SyntheticMotifDataModule(ProteinDataModule):
         num_sequences: how many sequences to generate.
         min_length: shortest sequence, in residues.
         max_length_residues: longest sequence, in residues.
-        task_type: ``binary``, ``regression`` or ``token_classification``.
+        task_type: ``binary``, ``regression``, ``token_classification`` or ``token_regression``.
         motif: the planted motif (default: rare residues ``WCMHW``).
     """
 
@@ -142,3 +154,46 @@ class SyntheticMotifDataModule(ProteinDataModule):
     def read_records(self) -> list[ProteinRecord]:
         return make_synthetic_records(self.num_sequences, self.min_length, self.max_length_residues,
                                       self.task_type, self.motif, self.seed)
+
+
+class SyntheticMotifPairDataModule(ProteinPairDataModule):
+    """Pairs of synthetic motif sequences (see the module doc): ``num_pairs`` pairs
+    of ``num_proteins`` generated proteins, half of them positive (both carry the
+    motif), split by protein like real PPI data (``split_by_protein``).
+
+    Args:
+        num_proteins: proteins generated (half carry the motif).
+        num_pairs: pairs drawn among them (distinct, no self pairs).
+        min_length / max_length_residues / motif: as :class:`SyntheticMotifDataModule`.
+    """
+
+    def __init__(self, num_proteins: int = 120, num_pairs: int = 600, min_length: int = 30,
+                 max_length_residues: int = 60, motif: str = DEFAULT_MOTIF, **kwargs: Any):
+        super().__init__(path=None, pairs_path=None, **kwargs)
+        if self.task_type != "binary":
+            raise ValueError(f"synthetic pairs are binary (both proteins carry the motif), got {self.task_type!r}")
+        if num_pairs > num_proteins * (num_proteins - 1) // 4:
+            raise ValueError(f"{num_pairs} pairs are too many for {num_proteins} proteins (at most a quarter "
+                             f"of all pairs, so that positives and negatives can be balanced)")
+        self.num_proteins, self.num_pairs = num_proteins, num_pairs
+        self.min_length, self.max_length_residues, self.motif = min_length, max_length_residues, motif
+
+    @property
+    def source(self) -> str:
+        return f"<synthetic motif pairs {self.motif}>"
+
+    def read_records(self) -> list[ProteinPair]:
+        proteins = make_synthetic_records(self.num_proteins, self.min_length, self.max_length_residues, "binary",
+                                          self.motif, self.seed)
+        rng = random.Random(self.seed + 1)
+        carriers = [p for p in proteins if p.label == 1]
+        seen: set[frozenset[str]] = set()
+        pairs = []
+        while len(pairs) < self.num_pairs:
+            positive = len(pairs) % 2 == 0
+            a, b = rng.sample(carriers if positive else proteins, 2)
+            if frozenset((a.id, b.id)) in seen or (not positive and a.label == b.label == 1):
+                continue
+            seen.add(frozenset((a.id, b.id)))
+            pairs.append(ProteinPair(f"{a.id}|{b.id}", a.id, b.id, a.sequence, b.sequence, int(positive)))
+        return pairs

@@ -74,6 +74,7 @@ class PeftLabCLI(LightningCLI):
         parser.link_arguments("data.task_type", "model.task_type", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.num_outputs", apply_on="instantiate")
         parser.link_arguments("data.label_names", "model.label_names", apply_on="instantiate")
+        parser.link_arguments("data.pairs", "model.pairs", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         parser.add_lightning_class_args(AdapterExport, "adapter")
         parser.add_class_arguments(CheckpointOptions, "checkpoint")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftlab.data import DataError, UniqueIds, csv_dict_reader, existing_file, manifest_rows, open_text
+from peftlab_protein.data.per_residue import read_score_folder, read_score_lines
 from peftlab_protein.data.records import (ASCII_WHITESPACE, ID_COLUMNS, PathLike, ProteinRecord, check_unique,
                                           make_record, row_id, split_from, target_columns)
 
@@ -106,9 +107,15 @@ def _labels_from_csv(path: Path, targets: list[str]) -> Labels:
     return labels
 
 
-def read_labels(path: Path, target_column: str | Sequence[str]) -> Labels:
-    """``id -> (raw target values, split)`` from a labels CSV or a labels FASTA."""
+def read_labels(path: Path, target_column: str | Sequence[str], sequences: dict[str, str] | None = None) -> Labels:
+    """``id -> (raw target values, split)`` from a labels CSV, a labels FASTA, or per-residue
+    scores (a ``.txt`` scores file or a folder of per-protein files, :mod:`~peftlab_protein.data.per_residue`;
+    the folder's residue letters are checked against ``sequences``)."""
     targets = target_columns(target_column)
+    if path.is_dir():
+        return read_score_folder(path, sequences or {})
+    if path.suffix.lower() == ".txt":
+        return read_score_lines(path)
     if path.suffix.lower() in FASTA_SUFFIXES:
         return _labels_from_fasta(path, targets)
     return _labels_from_csv(path, targets)
@@ -120,18 +127,21 @@ def read_fasta_with_labels(fasta_path: PathLike, labels_path: PathLike, *, task_
     """Read a plain FASTA and join labels on the FASTA id (first word of the header).
 
     ``labels_path`` is either a CSV with an ``id`` (or ``name``) column and the
-    ``target_column`` column(s) (falling back to a ``label`` column), or a
+    ``target_column`` column(s) (falling back to a ``label`` column), a
     FASTA file whose header attribute ``TARGET=`` (named by ``target_column``)
-    or, failing that, whose body holds the label. The labels file's
+    or, failing that, whose body holds the label, or per-residue scores (a
+    CheZOD-style ``.txt`` file or folder, see :mod:`~peftlab_protein.data.per_residue`). The labels file's
     ``set``/``validation`` (CSV) or ``SET``/``VALIDATION`` (FASTA) values give
     the split; otherwise the sequence FASTA's header attributes do. Labels for
     ids that are not in the FASTA are ignored; a FASTA id without a label is
     an error.
     """
-    fasta_path, labels_path = existing_file(fasta_path), existing_file(labels_path)
-    labels = read_labels(labels_path, target_column)
+    fasta_path = existing_file(fasta_path)
+    labels_path = Path(labels_path) if Path(labels_path).is_dir() else existing_file(labels_path)
+    entries = read_fasta_entries(fasta_path)
+    labels = read_labels(labels_path, target_column, {e.id: e.body for e in entries})
     records = []
-    for entry in read_fasta_entries(fasta_path):
+    for entry in entries:
         if entry.id not in labels:
             raise DataError(labels_path, entry.id, f"no label for sequence id {entry.id!r} of {fasta_path}")
         raw_label, split = labels[entry.id]
@@ -141,3 +151,16 @@ def read_fasta_with_labels(fasta_path: PathLike, labels_path: PathLike, *, task_
                                    task_type=task_type, split=split, path=fasta_path,
                                    unknown_residues=unknown_residues, label_path=labels_path))
     return records
+
+
+def read_residue_masks(path: PathLike) -> dict[str, str]:
+    """A per-residue mask FASTA (FLIP): id -> ``"1"`` (scored) / ``"0"`` (not scored) per residue."""
+    path = existing_file(path)
+    masks = {}
+    for entry in read_fasta_entries(path):
+        bad = set(entry.body) - {"0", "1"}
+        if bad or not entry.body:
+            found = f"found {''.join(sorted(bad))!r}" if bad else "it is empty"
+            raise DataError(path, entry.id, f"a residue mask holds one 0 or 1 per residue; {found}")
+        masks[entry.id] = entry.body
+    return masks

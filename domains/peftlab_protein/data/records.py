@@ -54,16 +54,20 @@ class ProteinRecord:
         label: ``float`` (regression), ``int`` 0/1 (binary), class name ``str``
             as read or class index ``int`` inside a
             :class:`~peftlab_protein.data.ProteinDataModule` (multiclass),
-            ``list[float]`` (multi-output regression, multilabel) or a
+            ``list[float]`` (multi-output regression, multilabel; per-residue
+            values for token regression, NaN where a residue has none) or a
             per-residue label ``str`` (token classification).
         split: ``"train"``, ``"val"`` or ``"test"`` when the file says so
             (FLIP ``set``/``validation``), else ``None``.
+        mask: per-residue ``"1"`` (scored) / ``"0"`` (not scored) string of a
+            per-residue task (FLIP's mask FASTA), or ``None``: every residue counts.
     """
 
     id: str
     sequence: str
     label: Any
     split: str | None = None
+    mask: str | None = None
 
 
 def check_policy(unknown_residues: str) -> None:
@@ -120,6 +124,8 @@ def parse_label(raw: Sequence[str], task_type: str, path: PathLike, record_id: A
         if not label:
             raise DataError(path, record_id, "missing target value")
         return label
+    if task_type == "token_regression":
+        return residue_values(raw[0], path, record_id)
     values = [v.strip() for v in raw]
     if any(v == "" for v in values):
         raise DataError(path, record_id, "missing target value")
@@ -142,6 +148,25 @@ def parse_label(raw: Sequence[str], task_type: str, path: PathLike, record_id: A
     # regression: one value per target column
     numbers = [_number(v, path, record_id) for v in values]
     return numbers[0] if len(numbers) == 1 else numbers
+
+
+def residue_values(text: str, path: PathLike, record_id: Any) -> list[float]:
+    """Per-residue values from one string (separated by commas and/or whitespace); ``nan``
+    marks a residue without a value (a missing-value sentinel such as CheZOD's 999 is
+    turned into NaN by the data module's ``missing_value``)."""
+    parts = [p for p in re.split(r"[,\s]+", text) if p]
+    if not parts:
+        raise DataError(path, record_id, "missing target value")
+    values = []
+    for pos, part in enumerate(parts, start=1):
+        try:
+            value = float(part)
+        except ValueError:
+            raise DataError(path, record_id, f"per-residue value {part!r} at residue {pos} is not a number") from None
+        if math.isinf(value):
+            raise DataError(path, record_id, f"per-residue value {part!r} at residue {pos} is infinite")
+        values.append(value)
+    return values
 
 
 def _parse_bool(text: str, path: PathLike, record_id: Any) -> bool:
@@ -174,10 +199,10 @@ def make_record(*, record_id: str, raw_sequence: str, raw_label: Sequence[str], 
     label_path = path if label_path is None else label_path
     sequence = clean_sequence(raw_sequence, path=path, record_id=record_id, unknown_residues=unknown_residues)
     label = parse_label(raw_label, task_type, label_path, record_id)
-    if task_type == "token_classification" and len(label) != len(sequence):
-        raise DataError(label_path, record_id,
-                        f"per-residue label string has {len(label)} characters but the sequence has "
-                        f"{len(sequence)} residues")
+    if task_type in ("token_classification", "token_regression") and len(label) != len(sequence):
+        given = (f"per-residue label string has {len(label)} characters" if task_type == "token_classification"
+                 else f"{len(label)} per-residue values")
+        raise DataError(label_path, record_id, f"{given} but the sequence has {len(sequence)} residues")
     return ProteinRecord(id=record_id, sequence=sequence, label=label, split=split)
 
 

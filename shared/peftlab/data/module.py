@@ -53,8 +53,9 @@ class PeftDataModule(L.LightningDataModule):
     """Base DataModule for every domain.
 
     Args:
-        task_type: one of ``binary``, ``multiclass``, ``multilabel``,
-            ``regression``, ``token_classification``.
+        task_type: one of :data:`peftlab.tasks.TASK_TYPES` (``binary``,
+            ``multiclass``, ``multilabel``, ``regression``, ``token_classification``,
+            ``token_regression``).
         batch_size: examples per batch.
         num_workers: DataLoader worker processes.
         seed: seed for generated splits and batch order.
@@ -107,6 +108,10 @@ class PeftDataModule(L.LightningDataModule):
     #: the batch keys this module's batches give the backbone (``tokens``, ``images``, ``waveforms``);
     #: checked against the backbone's ``input_keys`` before anything runs (``None``: not declared)
     input_keys: tuple[str, ...] | None = None
+
+    #: each example is a pair of inputs (linked into the model's ``pairs``): batches hold the first
+    #: sides' rows, then the second sides', and ``labels`` / ``ids`` once per pair
+    pairs: bool = False
 
     #: the training loader hands the dataset ``(epoch, index)`` keys (:class:`EpochTaggedBatchSampler`), so
     #: that a domain seeds each item's augmentation per (seed, epoch, item) with :func:`item_seed`

@@ -9,6 +9,7 @@ from peftlab.backbone import Features
 from peftlab.tasks import PER_TOKEN_TASK_TYPES, check_task_type
 
 POOLINGS = ("cls", "mean", "attention")
+PAIR_COMBINATIONS = ("symmetric", "ordered", "both_orders")
 
 
 class Pooling(nn.Module):
@@ -59,21 +60,59 @@ class LayerWeightedSum(nn.Module):
         return Features(hidden=hidden, mask=f.mask, cls=hidden[:, 0] if f.cls is not None else None, layers=f.layers)
 
 
+class PairCombination(nn.Module):
+    """The pooled embeddings of a pair's two sides -> one input of the output layers.
+
+    A pair batch holds the first sides' rows, then the second sides' (``[2B, D]``).
+    ``symmetric``: ``[a + b, a * b, |a - b|]``, the same for both orders by
+    construction (PPI is undirected). ``ordered``: ``[a, b, a * b, |a - b|]``,
+    for directed pairs. ``both_orders``: the ordered features of ``(a, b)`` and
+    ``(b, a)``, whose outputs the head averages (symmetric by averaging, as
+    Sledzieski et al.'s and D-SCRIPT's heads are symmetric).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in PAIR_COMBINATIONS:
+            raise ValueError(f"pair_combination must be one of {PAIR_COMBINATIONS}, got {kind!r}")
+        self.kind = kind
+        self.width = 3 if kind == "symmetric" else 4  # in multiples of the embedding width
+
+    def forward(self, pooled: Tensor) -> list[Tensor]:
+        """One ``[B, width * D]`` input per order to average over (two for ``both_orders``)."""
+        if pooled.shape[0] % 2:
+            raise ValueError(f"a pair batch holds 2B rows (first sides, then second sides), got {pooled.shape[0]}")
+        a, b = pooled.chunk(2)
+        if self.kind == "symmetric":
+            return [torch.cat([a + b, a * b, (a - b).abs()], dim=-1)]
+        orders = [(a, b), (b, a)] if self.kind == "both_orders" else [(a, b)]
+        return [torch.cat([x, y, x * y, (x - y).abs()], dim=-1) for x, y in orders]
+
+
 class TaskHead(nn.Module):
     """An optional weighted layer sum, pooling (for sequence tasks), an optional
     hidden layer and the output layer.
+
+    With ``pair_combination`` the batch holds pairs (``2B`` rows, see
+    :class:`PairCombination`) and the output is one row per pair.
 
     Outputs ``[B, K]`` for sequence tasks and ``[B, T, K]`` for per-token
     ones (:data:`peftlab.tasks.PER_TOKEN_TASK_TYPES`).
     """
 
     def __init__(self, dim: int, task_type: str, num_outputs: int, pooling: str = "mean",
-                 hidden_dim: int | None = None, dropout: float = 0.1, weighted_layers: int | None = None) -> None:
+                 hidden_dim: int | None = None, dropout: float = 0.1, weighted_layers: int | None = None,
+                 pair_combination: str | None = None) -> None:
         super().__init__()
         self.layer_sum = LayerWeightedSum(weighted_layers, dim) if weighted_layers else None
         self.task_type = check_task_type(task_type)
         self.per_token = task_type in PER_TOKEN_TASK_TYPES
         self.pool = None if self.per_token else Pooling(pooling, dim)
+        if pair_combination is not None and self.per_token:
+            raise ValueError(f"pairs are classified or scored as a whole; {task_type} is a per-token task")
+        self.pair = PairCombination(pair_combination) if pair_combination is not None else None
+        if self.pair is not None:
+            dim = dim * self.pair.width
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if hidden_dim:
             layers += [nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
@@ -85,4 +124,7 @@ class TaskHead(nn.Module):
         if self.layer_sum is not None:
             f = self.layer_sum(f)
         x = f.hidden if self.per_token else self.pool(f)
-        return self.mlp(x)
+        if self.pair is None:
+            return self.mlp(x)
+        outputs = [self.mlp(combined) for combined in self.pair(x)]
+        return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)

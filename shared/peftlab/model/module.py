@@ -74,13 +74,20 @@ class PeftModule(L.LightningModule):
         cache_frozen_features: with a fully frozen backbone (``linear_probe``),
             compute each example's features once (first epoch) and reuse them
             (see :class:`peftlab.cache.FeatureCache`).
+        pairs: each example is a pair of inputs that both go through the same
+            adapted backbone (linked from the DataModule's ``pairs``; its batches
+            hold the first sides' rows, then the second sides').
+        pair_combination: how the two pooled embeddings meet in the head:
+            ``symmetric``, ``ordered`` or ``both_orders`` (see
+            :class:`peftlab.model.heads.PairCombination`).
     """
 
     def __init__(self, backbone: Backbone, method: Method | None = None, task_type: str = "regression",
                  num_outputs: int = 1, label_names: list[str] | None = None, pooling: str = "mean",
                  head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
                  head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06,
-                 layer_weighted_sum: bool = False, cache_frozen_features: bool = False) -> None:
+                 layer_weighted_sum: bool = False, cache_frozen_features: bool = False, pairs: bool = False,
+                 pair_combination: str = "symmetric") -> None:
         super().__init__()
         self.method = method if method is not None else LoRA()
         self.backbone_identity = backbone.identity()  # before the method touches it
@@ -96,18 +103,21 @@ class PeftModule(L.LightningModule):
             if any(p.requires_grad for p in backbone.parameters()):
                 raise ValueError(f"cache_frozen_features needs a frozen backbone (linear_probe); "
                                  f"method {self.method.name!r} trains backbone weights")
-            if not self.task.cacheable:
-                raise ValueError(f"cache_frozen_features supports sequence-level tasks, not {task_type}")
+            if not self.task.cacheable or pairs:
+                raise ValueError(f"cache_frozen_features supports sequence-level tasks on single inputs, not "
+                                 f"{'pairs' if pairs else task_type}")
         layers = backbone.num_blocks + 1 if layer_weighted_sum else None
         if layer_weighted_sum and not backbone.token_sequence:
             raise ValueError(f"layer_weighted_sum needs per-layer token states, which {backbone.name} does not give")
         self.head = self.task.build_head(backbone, num_outputs, pooling=pooling, hidden_dim=head_hidden_dim,
-                                         dropout=head_dropout, weighted_layers=layers)
+                                         dropout=head_dropout, weighted_layers=layers,
+                                         pair_combination=pair_combination if pairs else None)
         self.task_type, self.num_outputs, self.label_names = task_type, num_outputs, label_names
         self.lr, self.head_lr, self.weight_decay, self.warmup_fraction = lr, head_lr, weight_decay, warmup_fraction
         self.head_config = {"task_type": task_type, "num_outputs": num_outputs, "pooling": pooling,
                             "hidden_dim": head_hidden_dim, "dropout": head_dropout,
-                            "layer_weighted_sum": layer_weighted_sum}
+                            "layer_weighted_sum": layer_weighted_sum, "pairs": pairs,
+                            "pair_combination": pair_combination}
         self.save_hyperparameters(ignore=["backbone", "method"])
         metrics = self.task.build_metrics(num_outputs)
         self.val_metrics = metrics.clone(prefix="val/")

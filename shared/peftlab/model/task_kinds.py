@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor, nn
@@ -48,10 +49,12 @@ class TaskKind:
         return self.name in PER_TOKEN_TASK_TYPES
 
     def build_head(self, backbone: Any, num_outputs: int, *, pooling: str = "mean", hidden_dim: int | None = None,
-                   dropout: float = 0.1, weighted_layers: int | None = None) -> nn.Module:
-        """The trainable head on the backbone's :class:`~peftlab.backbone.Features`."""
+                   dropout: float = 0.1, weighted_layers: int | None = None,
+                   pair_combination: str | None = None) -> nn.Module:
+        """The trainable head on the backbone's :class:`~peftlab.backbone.Features`
+        (``pair_combination``: the batch holds pairs, see :class:`~peftlab.model.heads.TaskHead`)."""
         return TaskHead(backbone.embed_dim, self.name, num_outputs, pooling, hidden_dim, dropout,
-                        weighted_layers=weighted_layers)
+                        weighted_layers=weighted_layers, pair_combination=pair_combination)
 
     def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
         """The metrics logged for validation and test (vector-valued ones become one scalar per entry)."""
@@ -123,7 +126,8 @@ class Binary(TaskKind):
         return tm.MetricCollection({
             "accuracy": tm.classification.BinaryAccuracy(), "balanced_accuracy": BinaryBalancedAccuracy(),
             "mcc": tm.classification.BinaryMatthewsCorrCoef(),
-            "f1": tm.classification.BinaryF1Score(), "auroc": tm.classification.BinaryAUROC()})
+            "f1": tm.classification.BinaryF1Score(), "auroc": tm.classification.BinaryAUROC(),
+            "aupr": tm.classification.BinaryAveragePrecision()})
 
     def loss_and_predictions(self, logits, batch):
         z = logits.squeeze(-1)
@@ -170,7 +174,8 @@ class Multilabel(TaskKind):
         return tm.MetricCollection({
             "accuracy": tm.classification.MultilabelAccuracy(n), "f1": tm.classification.MultilabelF1Score(n),
             "auroc": tm.classification.MultilabelAUROC(n, average="macro"),
-            "auroc_per_label": tm.classification.MultilabelAUROC(n, average=None)})
+            "auroc_per_label": tm.classification.MultilabelAUROC(n, average=None),
+            "aupr": tm.classification.MultilabelAveragePrecision(n, average="macro")})
 
     def loss_and_predictions(self, logits, batch):
         y = batch["labels"].to(logits.dtype)
@@ -183,6 +188,25 @@ class Multilabel(TaskKind):
         """The labels at or above probability 0.5, joined by ``;``."""
         on = [i for i, v in enumerate(values) if v >= 0.5]
         return ";".join(str(names[i]) if names and len(names) == len(values) else str(i) for i in on)
+
+
+def per_token_table(kind: TaskKind, outputs: list[dict[str, Any]],
+                    label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
+    """``predictions.csv`` of a per-token kind: one row per scored token (``mask``), every token
+    when the batch had no labels to mark the scored ones."""
+    header: list[str] = ["id", "position"]
+    rows: list[list[Any]] = []
+    for out in outputs:
+        scores, mask = out["scores"], out.get("mask")
+        header = (["id", "position"] + kind.score_columns(label_names, scores.shape[-1])
+                  + (["predicted"] if kind.classifies else []))
+        for i, id_ in enumerate(out["ids"]):
+            positions = (mask[i].nonzero().flatten().tolist() if mask is not None
+                         else list(range(scores.shape[1])))
+            for pos in positions:
+                values = scores[i, pos].tolist()
+                rows.append([id_, pos] + values + ([kind.predicted(label_names, values)] if kind.classifies else []))
+    return header, rows
 
 
 class TokenClassification(TaskKind):
@@ -208,20 +232,42 @@ class TokenClassification(TaskKind):
         return out
 
     def prediction_table(self, outputs, label_names):
-        """One row per scored token: ``id``, ``position``, the class scores and ``predicted``
-        (every token when the batch had no labels to mark the scored ones)."""
-        header: list[str] = ["id", "position"]
-        rows: list[list[Any]] = []
-        for out in outputs:
-            scores, mask = out["scores"], out.get("mask")
-            header = ["id", "position"] + self.score_columns(label_names, scores.shape[-1]) + ["predicted"]
-            for i, id_ in enumerate(out["ids"]):
-                positions = (mask[i].nonzero().flatten().tolist() if mask is not None
-                             else list(range(scores.shape[1])))
-                for pos in positions:
-                    values = scores[i, pos].tolist()
-                    rows.append([id_, pos] + values + [self.predicted(label_names, values)])
-        return header, rows
+        """One row per scored token: ``id``, ``position``, the class scores and ``predicted``."""
+        return per_token_table(self, outputs, label_names)
+
+class TokenRegression(TaskKind):
+    """One value per token (per-residue disorder, per-frame pitch...). Labels
+    ``[B, T]`` (``[B, T, K]`` for K values per token) hold NaN where a token is
+    not scored: padding and special tokens, masked residues, missing
+    measurements. Only scored tokens count in the loss and the metrics, and the
+    metrics pool every scored token of the split (Spearman over residues, not a
+    mean of per-protein correlations)."""
+
+    name, primary_metric, cacheable, classifies = "token_regression", "spearman", False, False
+    single_score_column = "prediction"
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        return Regression().build_metrics(num_outputs)
+
+    def loss_and_predictions(self, logits, batch):
+        labels = batch["labels"].to(logits.dtype).reshape(logits.shape)
+        scored = torch.isfinite(labels).all(-1)  # [B, T]: a token is scored when all its values are
+        preds, target = logits[scored], labels[scored]  # [N, K]
+        if logits.shape[-1] == 1:
+            preds, target = preds.squeeze(-1), target.squeeze(-1)
+        # no scored token in the batch: a zero loss that still reaches every trained weight
+        loss = F.mse_loss(preds, target) if preds.numel() else logits.sum() * 0.0
+        return loss, preds.float(), target.float()
+
+    def predict_output(self, logits, batch):
+        out = super().predict_output(logits, batch)
+        labels = batch.get("labels")
+        out["mask"] = torch.isfinite(labels.reshape(logits.shape)).all(-1) if labels is not None else None
+        return out
+
+    def prediction_table(self, outputs, label_names):
+        """One row per scored token: ``id``, ``position``, the prediction(s)."""
+        return per_token_table(self, outputs, label_names)
 
 
 TASK_KINDS: dict[str, TaskKind] = {}
@@ -234,7 +280,7 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
     return kind
 
 
-for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification()):
+for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification(), TokenRegression()):
     register_task_kind(_kind)
 
 

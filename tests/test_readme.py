@@ -249,5 +249,8 @@ def _check_outputs(command: Command, output: str, work: Path, tmp_path: Path) ->
     elif text.startswith("peftlab test --run_dir runs/gb1-tiny"):
         record = (work / "runs" / "gb1-tiny" / "test_metrics.json").read_text()
         assert '"split_size": 8309' in record and '"examples": 32' in record  # 2 batches of 16 (limit_test_batches)
+    elif text == "peftlab test --run_dir runs/chezod-tiny":
+        record = (work / "runs" / "chezod-tiny" / "test_metrics.json").read_text()
+        assert '"split_size": 117' in record and '"test/spearman"' in record
     elif "recipes/finetune.py" in text and "--print_config" not in text and "--setup" not in text:
         assert "tested          " in output and "<- primary metric" in output

@@ -184,8 +184,8 @@ def test_a_cell_with_a_bad_override_records_the_cli_error(tmp_path):
 
 EXPECTED_CELLS = {
     "demo_cpu.yaml": 18,                                             # 3 tasks x 6 methods x 1 seed
-    "sledzieski2024.yaml": 9, "sledzieski2024_cpu.yaml": 9,          # 1 x 1 x 3 methods x 3 seeds
-    "schmirler2024.yaml": 9, "schmirler2024_cpu.yaml": 9,            # 1 x 1 x 3 methods x 3 seeds
+    "sledzieski2024.yaml": 18, "sledzieski2024_cpu.yaml": 18,        # 2 tasks x 1 x 3 methods x 3 seeds
+    "schmirler2024.yaml": 18, "schmirler2024_cpu.yaml": 18,          # 2 tasks x 1 x 3 methods x 3 seeds
     "melo2024.yaml": 9, "melo2024_cpu.yaml": 9,                      # 1 x 1 x 3 methods x 3 seeds
     "dutt2023_medical.yaml": 36, "dutt2023_medical_cpu.yaml": 36,    # (2 backbones x 7 methods - 2) x 3 seeds
     "chen2022_speech.yaml": 24, "chen2022_speech_cpu.yaml": 24,      # 2 tasks x 4 methods x 3 seeds

@@ -211,6 +211,8 @@ def test_smoke_cli_fast_dev_run_every_speech_data_config_on_files_given_on_the_c
 def test_every_yaml_is_covered_by_a_cli_test():
     covered = {f"methods/{m}" for m in method_configs()} | {f"protein/{b}" for b in backbone_configs()}
     covered |= {"protein/backbones/esm2_tiny.yaml", "protein/data/synthetic_motif.yaml", "protein/data/flip_gb1.yaml", "trainer/gpu.yaml"}
+    covered |= {"protein/data/ppi_dscript.yaml", "protein/data/synthetic_motif_pairs.yaml"}  # tests/protein/test_pairs.py
+    covered |= {"protein/data/chezod.yaml"}  # the README's CheZOD commands (tests/test_readme.py)
     covered |= {"trainer/ddp.yaml", "trainer/fsdp.yaml", "trainer/deepspeed.yaml"}  # parsed (and DDP run) in tests/test_scaling.py
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/data/medmnist.yaml",
                                                                         "medical/data/synthetic_lesion.yaml"}

@@ -40,7 +40,11 @@ def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> d
         "checkpoint": checkpoint, "test": {k: float(v) for k, v in tested.items()},
         "log_dir": str(run) if cli.trainer.log_dir or cli.run_dir else None,
     }
-    primary = f"test/{model.primary_metric}"
+    # the metric the checkpoint was selected on (its test value; not a loss), else the task type's primary metric
+    monitor = selection.get("monitor") or ""
+    chosen = monitor.split("/", 1)[1] if monitor.startswith("val/") and monitor != "val/loss" else None
+    primary = f"test/{chosen or model.primary_metric}"
+    summary["primary_metric"] = primary
     print(f"\n== {title} ==")
     print(f"backbone        {summary['backbone']} {summary['backbone_config']}")
     print(f"method          {summary['method']}")

@@ -75,3 +75,21 @@ def hf_cache_dir() -> str:
     import huggingface_hub.constants as constants
 
     return str(constants.HF_HUB_CACHE)
+
+
+@contextlib.contextmanager
+def transformers_download(what: str, name_or_path: str, is_local: bool, fix: str) -> Iterator[None]:
+    """Around a transformers ``from_pretrained`` of a hub name: offline (the Hub cannot be reached) it
+    reads the Hugging Face cache only, and a missing model is a WeightsUnavailableError whose
+    ``Offline:`` part is ``fix``. A local directory is read as it is."""
+    if is_local:
+        yield
+        return
+    with hf_offline_when_unreachable() as offline:
+        try:
+            yield
+        except OSError:
+            if not offline:
+                raise
+            raise weights_unavailable(f"{what} {name_or_path!r}", "the Hugging Face Hub cannot be reached, and "
+                                      f"the model is not in its cache ({hf_cache_dir()})", fix) from None

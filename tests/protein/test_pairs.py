@@ -150,3 +150,10 @@ def test_pairs_fit_test_and_predict_through_the_cli_and_the_adapter_keeps_the_pa
     run_cli(["predict", f"--run_dir={run}"])
     rows = (run / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,probability,predicted" and all("|" in r.split(",")[0] for r in rows[1:])
+
+
+def test_the_synthetic_pair_config_fits_through_the_cli(tmp_path):
+    run_cli(["fit", "--config", str(CONFIGS / "protein/backbones/esm2_tiny.yaml"), "--config",
+             str(CONFIGS / "methods/lora.yaml"), "--config", str(CONFIGS / "protein/data/synthetic_motif_pairs.yaml"),
+             "--data.init_args.num_proteins=40", "--data.init_args.num_pairs=80", "--trainer.fast_dev_run=1",
+             "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"])

@@ -9,9 +9,7 @@ weights-only mode.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone
-from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
+from peftlab.hub import transformers_download
 from peftlab.persistence.safe_load import refusing_unsafe_pickles
 from peftlab_speech.backbones.common import (ATTENTION_MODULES, MLP_MODULES, WAV2VEC2_SITES, WAVLM_MISSING_PRESETS,
                                              WAVLM_MLP_PRESETS, WAVLM_PREFIX_REFUSAL, WAVLM_SITES,
@@ -52,24 +50,12 @@ HF_WAVLM_NOTES = {name: "transformers' WavLM attention reads the q/k/v/out proje
 HF_WAVLM_SITES = WAVLM_SITES
 
 
-@contextlib.contextmanager
-def _hub_download(name_or_path: str, is_local: bool) -> Iterator[None]:
-    """Around a transformers ``from_pretrained`` of a hub name: offline (the Hub cannot be reached) it
-    reads the Hugging Face cache only, and a missing model is a WeightsUnavailableError."""
-    if is_local:
-        yield
-        return
-    with hf_offline_when_unreachable() as offline:
-        try:
-            yield
-        except OSError:
-            if not offline:
-                raise
-            raise weights_unavailable(
-                f"transformers model {name_or_path!r}", "the Hugging Face Hub cannot be reached, and the model is "
-                f"not in its cache ({hf_cache_dir()})",
-                "save it on a connected machine (Model.from_pretrained(name).save_pretrained(DIR), with its "
-                "preprocessor_config.json) and pass the folder as --model.backbone.init_args.name DIR") from None
+def _hub_download(name_or_path: str, is_local: bool):
+    """Around a transformers ``from_pretrained`` of a hub name (see :func:`peftlab.hub.transformers_download`)."""
+    return transformers_download(
+        "transformers model", name_or_path, is_local,
+        "save it on a connected machine (Model.from_pretrained(name).save_pretrained(DIR), with its "
+        "preprocessor_config.json) and pass the folder as --model.backbone.init_args.name DIR")
 
 
 def _hf_classes(family: str) -> tuple[type, type]:

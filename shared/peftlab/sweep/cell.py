@@ -78,12 +78,11 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     try:
         from peftlab.callbacks import proc_status_mb
         from peftlab.experiment import fit_and_test
-        from peftlab.model.task_kinds import primary_metric
 
         baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
         summary = fit_and_test(list(spec["args"]) + [f"--trainer.default_root_dir={cell_dir}"],
                                title=f"sweep cell {spec['label']}")
-        metric = spec.get("metric") or primary_metric(summary["task_type"])
+        metric = spec.get("metric") or summary["primary_metric"].split("/", 1)[1]
         run_dir = Path(summary["log_dir"] or cell_dir)
         adapter = run_dir / "adapter" / "adapter.safetensors"
         # StepTimer reports VmHWM on the CPU: this process image's own peak (not the forking sweep's)

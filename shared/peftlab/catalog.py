@@ -45,13 +45,17 @@ def import_domains() -> list[str]:
     """Import every domain's class modules, so that their backbones and data
     modules are known by short name; returns the packages imported. A domain
     whose optional dependencies are missing is skipped (its classes are then
-    unknown, which the error for an unknown name says)."""
+    unknown, which the error for an unknown name says). Names a module exports
+    lazily (``__all__`` served by a module ``__getattr__``, e.g. the protein
+    domain's transformers backbone) are imported here too."""
     imported = []
     for package in domain_packages():
         try:
             for module in DOMAIN_MODULES:
                 if importlib.util.find_spec(f"{package}.{module}") is not None:
-                    importlib.import_module(f"{package}.{module}")
+                    loaded = importlib.import_module(f"{package}.{module}")
+                    for name in getattr(loaded, "__all__", ()):  # classes a module imports when first named
+                        getattr(loaded, name)
             imported.append(package)
         except ImportError:
             continue

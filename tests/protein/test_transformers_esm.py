@@ -9,12 +9,14 @@ import torch
 
 from peftlab import PeftModule, build_method
 from peftlab.errors import WeightsUnavailableError
+from peftlab.methods import METHODS
 from peftlab_protein import ESM2Backbone
 from peftlab_protein.backbones import HFProteinEncoder
 from peftlab_protein.backbones.transformers_esm import esm2_config, transformers_state_dict_from_fair_esm
 from peftlab_protein.data import ProteinDataModule
 
-from tests.method_checks import check_method_guarantees
+from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,
+                                 check_method_guarantees, target_shape_count)
 
 
 def protein_batch(tmp_path):
@@ -82,17 +84,31 @@ def linear(i: int, o: int) -> int:
 
 
 BOTTLENECK = linear(D, 8) + linear(8, D)
+OUTSIDE = V * D + 2 * D  # the token embeddings and the final layer norm
+BLOCK = 4 * linear(D, D) + 2 * D + linear(D, F) + linear(F, D) + 2 * D
+ATTENTION_SHAPES = [(D, D)] * 4  # q, k, v, out: the default targets
 EXPECTED = {  # trainable backbone parameters of each method on a 2 x 32 transformers ESM-2
-    "full": V * D + L * (4 * linear(D, D) + 2 * D + linear(D, F) + linear(F, D) + 2 * D) + 2 * D,
+    "full": OUTSIDE + L * BLOCK,
     "linear_probe": 0,
     "lora": L * 4 * 4 * (D + D),  # r=4 on q, k, v, out (the default preset: attention)
-    "dora": L * 4 * (2 * (D + D) + D),  # r=2 and a magnitude per output
     "ia3": L * (D + D + F),  # k and v outputs, the MLP output layer's input
     "bitfit": L * (4 * D + D + F + D + D) + D,  # q/k/v/out, both norms, MLP in/out; the final norm
     "adapter": L * 2 * BOTTLENECK,  # houlsby: after attention.output.dense and the MLP
+    "adaptformer": L * BOTTLENECK,  # parallel to the MLP
     "prompt": 3 * D * L,  # deep prompts, 3 per block
+    "ssf": L * 2 * (4 * D + D + F + D + D),  # q, k, v, out, both norms, MLP in/out
+    "ln_tuning": L * 2 * 2 * D + 2 * D,  # the blocks' two norms and the final one
+    "partial": BLOCK,  # the top block
+    "combined": L * target_shape_count("lora", {"r": 2}, ATTENTION_SHAPES) + L * (4 * D + D + F + D + D) + D,
+    **{m: L * target_shape_count(m, SMALL_OPTIONS[m], ATTENTION_SHAPES) for m in TARGET_SHAPE_METHODS},
+    **{m: adapter_family_count(m, SMALL_OPTIONS[m], D, L) for m in ("compacter", "loreft")},
 }
-OPTIONS = {"lora": {"r": 4}, "dora": {"r": 2}, "adapter": {"bottleneck": 8}, "prompt": {"num_tokens": 3, "deep": True}}
+OPTIONS = {**SMALL_OPTIONS, "lora": {"r": 4}, "adapter": {"bottleneck": 8}, "adaptformer": {"bottleneck": 8},
+           "prompt": {"num_tokens": 3, "deep": True}}
+
+
+def test_every_registered_method_is_in_the_matrix_or_refused():
+    assert set(METHODS) == set(EXPECTED) | {"prefix"}  # prefix: test_prefix_tuning_refuses_with_its_reason
 
 
 def tiny_hf_esm2() -> HFProteinEncoder:

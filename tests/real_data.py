@@ -81,3 +81,15 @@ class SeenByTestMetrics(L.Callback):
         assert sorted(self.ids) == sorted(map(str, expected_ids)) and len(set(self.ids)) == n
         assert must_hold <= set(self.held), f"no example count read from {sorted(must_hold - set(self.held))}"
         assert self.held == {name: units for name in self.held}, self.held
+
+
+def fit_then_test(module: L.LightningModule, data: L.LightningDataModule, epochs: int,
+                  root: Any) -> tuple[dict[str, float], SeenByTestMetrics]:
+    """Train ``epochs`` epochs on the CPU (no validation, no checkpoints), then test the final
+    weights, recording what the test metrics saw; returns the test metrics and the record."""
+    seen = SeenByTestMetrics()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=root, callbacks=[seen])
+    trainer.fit(module, datamodule=data)
+    return trainer.test(module, datamodule=data, verbose=False)[0], seen

@@ -12,7 +12,7 @@ from peftlab_protein import ESM2Backbone
 from peftlab_protein.data import ProteinDataModule
 from peftlab_protein.metrics import benchmark_metric
 
-from tests.real_data import SeenByTestMetrics
+from tests.real_data import fit_then_test
 
 CROP = 128  # residues per protein the model sees (CheZOD proteins: 119 on average, up to 615)
 
@@ -43,12 +43,7 @@ def test_lora_on_real_chezod_learns_disorder_well_above_chance(data_root, tmp_pa
     module = PeftModule(ESM2Backbone(num_layers=2, embed_dim=32, attention_heads=4, seed=0),
                         build_method("lora", r=4, targets="qv"), task_type="token_regression", num_outputs=1, lr=5e-3,
                         head_lr=5e-2)
-    seen = SeenByTestMetrics()
-    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path, callbacks=[seen])
-    trainer.fit(module, datamodule=data)
-    results = trainer.test(module, datamodule=data, verbose=False)[0]
+    results, seen = fit_then_test(module, data, epochs=4, root=tmp_path)
     assert benchmark_metric("chezod") == "test/spearman"
     assert results["test/spearman"] > 0.2, results["test/spearman"]  # chance: 0
     # every scored residue of the 117 test proteins (within the crop), once; the 999s never

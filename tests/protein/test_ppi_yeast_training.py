@@ -11,7 +11,7 @@ from peftlab_protein import ESM2Backbone
 from peftlab_protein.data import ProteinPairDataModule
 from peftlab_protein.metrics import benchmark_metric
 
-from tests.real_data import SeenByTestMetrics
+from tests.real_data import fit_then_test
 
 
 def test_lora_pair_model_on_real_yeast_ppi_beats_the_positive_rate(data_root, tmp_path):
@@ -39,12 +39,7 @@ def test_lora_pair_model_on_real_yeast_ppi_beats_the_positive_rate(data_root, tm
     module = PeftModule(ESM2Backbone(num_layers=2, embed_dim=32, attention_heads=4, seed=0),
                         build_method("lora", r=4, targets="qv"), task_type="binary", num_outputs=1, pairs=True,
                         lr=5e-3)
-    seen = SeenByTestMetrics()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path, callbacks=[seen])
-    trainer.fit(module, datamodule=data)
-    results = trainer.test(module, datamodule=data, verbose=False)[0]
+    results, seen = fit_then_test(module, data, epochs=2, root=tmp_path)
     assert benchmark_metric("ppi_yeast") == "test/aupr"
     assert results["test/aupr"] > 2 * positive_rate, (results["test/aupr"], positive_rate)
     seen.check([p.id for p in test_pairs], must_hold={"aupr", "auroc"})

@@ -27,6 +27,8 @@ header) has these keys::
       - name: lora
         configs: [configs/methods/lora.yaml]
         overrides: {model.method.init_args.r: 16}
+    baseline: full            # optional: the method every other is compared with in results.md (paired over
+                              # seeds: mean difference and p-value); default: the method named full, if any
     exclude:                  # optional: cells not to run; each entry matches on the keys it has
       - {backbone: resnet50, method: adapter, reason: "bottleneck adapters need token states"}
 
@@ -53,7 +55,8 @@ output folder gets:
   unchanged arguments (``args_hash``) and retries the rest, so a killed sweep
   resumes where it stopped; rows of cells no longer in the YAML are kept in
   the CSV but left out of the tables;
-* ``results.md``: one table per task (mean +- sample std over the seeds);
+* ``results.md``: one table per task (mean +- sample std over the seeds, the 95% confidence interval
+  of the mean, and each method against the baseline paired over seeds: difference and p-value);
 * ``<task>_pareto.png`` (metric vs trainable share, Pareto front marked) and
   ``<task>_cost.png`` (peak memory and time per step) per task;
 * ``cells/<task>[__<backbone>]__<method>__seed<seed>/``: ``cell.json`` (the

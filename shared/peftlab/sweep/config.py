@@ -18,7 +18,7 @@ from peftlab.errors import SweepConfigError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _TOP_KEYS = {"root", "output", "seeds", "data_seed", "cell_timeout_s", "configs", "overrides",
-             "backbones", "tasks", "methods", "exclude"}
+             "backbones", "tasks", "methods", "exclude", "baseline"}
 
 _ENTRY_KEYS = {"name", "configs", "overrides"}
 
@@ -71,6 +71,7 @@ class Sweep:
     methods: list[Entry]
     exclude: list[dict[str, Any]] = field(default_factory=list)
     command_overrides: tuple[tuple[str, Any], ...] = ()  # ``--set KEY=VALUE``: after everything else
+    baseline: str | None = None  # the method every other is compared with in results.md
 
     @property
     def name(self) -> str:
@@ -229,4 +230,8 @@ def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | No
         sweep.exclude.append(dict(rule))
     if not sweep.cells():
         raise SweepConfigError(f"{where}: every cell is excluded")
+    sweep.baseline = raw.get("baseline", "full" if "full" in names["method"] else None)
+    if sweep.baseline is not None and sweep.baseline not in names["method"]:
+        raise SweepConfigError(f"{where}: baseline {sweep.baseline!r} is not one of the methods "
+                               f"{sorted(names['method'])}")
     return sweep

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from peftlab.sweep.config import Sweep
+from peftlab.sweep.statistics import confidence_interval, paired_comparison
 from peftlab.tasks import lower_is_better
 
 
@@ -51,6 +52,11 @@ class _Group:
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
         return _mean_std(_float(r.get(key)) for r in self.ok())
 
+    def by_seed(self) -> dict[int, float]:
+        """seed -> the metric, for the seeds that finished with a finite value."""
+        values = {int(r["seed"]): _float(r.get("primary_value")) for r in self.ok() if r.get("seed") not in (None, "")}
+        return {seed: v for seed, v in values.items() if v is not None}
+
     @property
     def label(self) -> str:
         return f"{self.backbone} / {self.method}" if self.backbone else self.method
@@ -70,8 +76,11 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
     kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
     lines = [f"# {sweep.name}", "",
              f"Sweep `{show_path(sweep.path, sweep.root)}`, {len(sweep.seeds)} seed(s) {sweep.seeds}; machine: "
-             f"{platform.machine()}, {os.cpu_count()} CPU cores. Metric: mean ± sample std over the seeds "
-             "(n = seeds that finished). Trainable params: trained parameters, head included, and their share of "
+             f"{platform.machine()}, {os.cpu_count()} CPU cores. Metric: mean ± sample std over the seeds, the "
+             "95% confidence interval of the mean (Student t; from 2 seeds) and n = seeds that finished"
+             + (f"; vs {sweep.baseline}: the mean per-seed difference from the {sweep.baseline} row of the same "
+                "backbone over the seeds both finished, and the paired t-test's two-sided p-value (p - : "
+                "fewer than 2 pairs or identical differences)" if sweep.baseline else "") + ". Trainable params: trained parameters, head included, and their share of "
              "the backbone's parameters. Peak memory: " + (", ".join(kinds) or "-") + " (cpu_peak_rss = the cell "
              "process's peak resident set, in brackets what the cell added: its growth over the warm worker it "
              "forked from, which had imported torch, Lightning, peftlab and the field's libraries (with --cold: "
@@ -87,41 +96,69 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
                      "final state)") if chosen else "checkpoint: -"
         lines += [f"## {task.name}", "", f"{metric} ({direction} is better); {selection}", ""]
         head = ["backbone"] if sweep.backbones else []
-        lines.append("| " + " | ".join(head + ["method", metric.removeprefix("test/"), "trainable params",
-                                                  "adapter size", "peak memory MB", "ms/step", "samples/s"]) + " |")
-        lines.append("|" + "---|" * len(head) + "---|---:|---:|---:|---:|---:|---:|")
-        for g in _groups(sweep, task_rows, task.name):
+        versus = [f"vs {sweep.baseline} (Δ, p)"] if sweep.baseline else []
+        lines.append("| " + " | ".join(head + ["method", metric.removeprefix("test/")] + versus + [
+            "trainable params", "adapter size", "peak memory MB", "ms/step", "samples/s"]) + " |")
+        lines.append("|" + "---|" * len(head) + "---|---:|" + "---:|" * len(versus) + "---:|---:|---:|---:|---:|")
+        groups = _groups(sweep, task_rows, task.name)
+        for g in groups:
+            baseline = next((b for b in groups if b.backbone == g.backbone and b.method == sweep.baseline), None)
             first = [g.backbone] if sweep.backbones else []
-            failed = [r for r in g.rows if r.get("status") != "ok"]
-            if not g.ok():
-                err = failed[0].get("error", "") if failed else ""
-                lines.append("| " + " | ".join(first + [g.method, f"failed: {_md(err)}"] + ["-"] * 5) + " |")
-                continue
-            mean, std, n = g.stat("primary_value")
-            if mean is None:  # the metric was NaN for every seed (e.g. a constant prediction)
-                value = f"nan (n={len(g.ok())})"
-            else:
-                value = (f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}") + f" (n={n})"
-            if failed:
-                value += f"; {len(failed)} seed(s) failed: {_md(failed[0].get('error', ''))}"
-            params, _, _ = g.stat("trainable_params")
-            pct, _, _ = g.stat("trainable_pct_of_backbone")
-            size, _, _ = g.stat("adapter_bytes")
-            mem, _, _ = g.stat("peak_memory_mb")
-            growth, _, _ = g.stat("peak_memory_growth_mb")
-            ms, ms_std, _ = g.stat("ms_per_step")
-            sps, _, _ = g.stat("samples_per_s")
-            lines.append("| " + " | ".join(first + [
-                g.method, value, f"{params:,.0f} ({pct:.3g}%)" if params is not None else "-", _bytes(size),
-                (f"{mem:,.0f}" + (f" (+{growth:,.0f})" if growth is not None else "")) if mem is not None else "-",
-                (f"{ms:.1f} ± {ms_std:.1f}" if ms_std is not None else f"{ms:.1f}") if ms is not None else "-",
-                f"{sps:.1f}" if sps is not None else "-"]) + " |")
+            lines.append("| " + " | ".join(first + _row_cells(g, baseline if versus else None, bool(versus))) + " |")
         for t, backbone, method, reason in sweep.excluded_cells():
             if t == task.name:
                 lines.append(f"\nNot run: {' / '.join(p for p in (backbone, method) if p)} (excluded in the sweep "
                              f"config{': ' + reason if reason else ''}).")
         lines.append("")
     return "\n".join(lines)
+
+def _metric_cell(g: _Group) -> str:
+    """Mean ± sample std, the 95% confidence interval of the mean, and n; failed seeds named."""
+    failed = [r for r in g.rows if r.get("status") != "ok"]
+    mean, std, n = g.stat("primary_value")
+    if mean is None:  # the metric was NaN for every seed (e.g. a constant prediction)
+        value = f"nan (n={len(g.ok())})"
+    else:
+        interval = confidence_interval(list(g.by_seed().values()))
+        value = ((f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}")
+                 + (f", CI [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "") + f" (n={n})")
+    if failed:
+        value += f"; {len(failed)} seed(s) failed: {_md(failed[0].get('error', ''))}"
+    return value
+
+
+def _versus_cell(g: _Group, baseline: _Group | None) -> str:
+    """The paired comparison with the baseline's row over the seeds both finished."""
+    if baseline is None:
+        return "-"
+    if baseline is g:
+        return "baseline"
+    paired = paired_comparison(g.by_seed(), baseline.by_seed())
+    if paired is None:
+        return "-"
+    p = f"p={paired.p_value:.3g}" if paired.p_value is not None else "p -"
+    return f"{paired.difference:+.4f} ({p}, n={paired.n})"
+
+
+def _row_cells(g: _Group, baseline: _Group | None, versus: bool) -> list[str]:
+    """One table row after the backbone column: method, metric, [vs baseline], cost columns."""
+    if not g.ok():
+        failed = [r for r in g.rows if r.get("status") != "ok"]
+        err = failed[0].get("error", "") if failed else ""
+        return [g.method, f"failed: {_md(err)}"] + ["-"] * (5 + versus)
+    params, _, _ = g.stat("trainable_params")
+    pct, _, _ = g.stat("trainable_pct_of_backbone")
+    size, _, _ = g.stat("adapter_bytes")
+    mem, _, _ = g.stat("peak_memory_mb")
+    growth, _, _ = g.stat("peak_memory_growth_mb")
+    ms, ms_std, _ = g.stat("ms_per_step")
+    sps, _, _ = g.stat("samples_per_s")
+    return [g.method, _metric_cell(g)] + ([_versus_cell(g, baseline)] if versus else []) + [
+        f"{params:,.0f} ({pct:.3g}%)" if params is not None else "-", _bytes(size),
+        (f"{mem:,.0f}" + (f" (+{growth:,.0f})" if growth is not None else "")) if mem is not None else "-",
+        (f"{ms:.1f} ± {ms_std:.1f}" if ms_std is not None else f"{ms:.1f}") if ms is not None else "-",
+        f"{sps:.1f}" if sps is not None else "-"]
+
 
 def show_path(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` when it lies inside it."""

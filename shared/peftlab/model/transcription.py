@@ -23,6 +23,7 @@ The vocabulary (:mod:`peftlab.data.transcripts`) is the task's label names.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,7 +143,7 @@ class BeamSearchDecoder:
     def __init__(self, vocabulary: Sequence[str], lexicon: str | None = None, lm: str | None = None,
                  beam_size: int = 50, lm_weight: float = 2.0, word_score: float = 0.0) -> None:
         try:
-            import flashlight.lib.text  # noqa: F401  (torchaudio's decoder imports it lazily)
+            importlib.import_module("flashlight.lib.text")  # what torchaudio's decoder needs, imported lazily
             from torchaudio.models.decoder import ctc_decoder
         except ImportError as e:
             raise ImportError("CTC beam search needs the flashlight-text package (pip install flashlight-text; "

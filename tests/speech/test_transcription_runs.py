@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from peftlab.cli import main
 from peftlab.model.loading import load_adapter
@@ -67,3 +68,21 @@ def test_fit_test_predict_and_the_adapter_decode_alike(corpus, tmp_path):
         out = module.predict_step(batch, 0)
     by_id = {r["id"]: r["hypothesis"] for r in rows}
     assert out["hypotheses"] == [by_id[i] for i in batch["ids"]]
+
+
+def test_a_sweep_cell_reports_wer_as_lower_is_better(corpus, tmp_path):
+    output = tmp_path / "out"
+    spec = {"root": str(CONFIGS.parent), "output": str(output), "seeds": [0],
+            "overrides": {"trainer.max_epochs": 1, "trainer.accelerator": "cpu", "trainer.enable_model_summary": False,
+                          "data.init_args.batch_size": 4, "data.init_args.val_fraction": 0.25},
+            "tasks": [{"name": "tiny-asr", "configs": ["configs/speech/backbones/hubert_tiny.yaml",
+                                                       "configs/speech/data/speechocean762.yaml"],
+                       "overrides": {"data.path": str(corpus)}}],
+            "methods": [{"name": "lora", "configs": ["configs/methods/lora.yaml"]}]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sweep", "--config", str(tmp_path / "grid.yaml"), "--cold"]) in (0, None)
+    with open(output / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok" and row["primary_metric"] == "test/wer"
+    assert float(row["primary_value"]) == float(row["test/wer"]) and "test/cer" in row
+    assert "test/wer (lower is better)" in (output / "results.md").read_text()

@@ -25,14 +25,18 @@ def _train_steps(module: PeftModule, batch: dict, steps: int = 3) -> None:
     module.eval()
 
 
-def check_method_guarantees(make_backbone, batch, name, opts, expected_trainable, embed_dim, tmp_path):
-    """Apply a method to a fresh backbone and prove the foundation's guarantees."""
+def check_method_guarantees(make_backbone, batch, name, opts, expected_trainable, embed_dim, tmp_path,
+                            task: dict | None = None):
+    """Apply a method to a fresh backbone and prove the foundation's guarantees. ``task``: the
+    PeftModule's ``task_type``, ``num_outputs`` and ``label_names`` (default: one regression output);
+    its head must be one linear layer (``(embed_dim + 1) * num_outputs`` parameters)."""
+    task = task or {"task_type": "regression", "num_outputs": 1}
     base = make_backbone().eval()
     with torch.no_grad():
         base_out = base(batch).hidden
     frozen_before = {n: p.detach().clone() for n, p in make_backbone().named_parameters()}
 
-    module = PeftModule(make_backbone(), build_method(name, **opts), task_type="regression", num_outputs=1)
+    module = PeftModule(make_backbone(), build_method(name, **opts), **task)
     if module.method.rewrites_frozen_weights:
         # PiSSA / OLoRA keep a residual as the frozen weight: it starts as the pretrained output,
         # and from then on it is the residual that must stay frozen
@@ -43,7 +47,7 @@ def check_method_guarantees(make_backbone, batch, name, opts, expected_trainable
 
     # 1. exact trainable-parameter count (backbone part, then with the head)
     assert count_parameters(module.backbone, trainable_only=True) == expected_trainable
-    assert count_parameters(module, trainable_only=True) == expected_trainable + embed_dim + 1
+    assert count_parameters(module, trainable_only=True) == expected_trainable + (embed_dim + 1) * task["num_outputs"]
 
     _train_steps(module, batch)
 
@@ -86,6 +90,7 @@ def check_method_guarantees(make_backbone, batch, name, opts, expected_trainable
     else:
         with pytest.raises(ValueError, match="cannot be merged"):
             merge_adapter(module)
+    return module
 
 
 

@@ -59,6 +59,7 @@ PARSE = {  # a text in the command -> what it needs that this machine cannot hav
     "--setup schmirler2024": "the published ESM-2 650M weights",
     "--setup melo": "the published ViT-B/16 weights (timm, from the Hugging Face Hub)",
     "--setup chen2022_hubert_adapters": "the HuBERT base weights (torchaudio) and the Speech Commands download",
+    "chen2022_hubert_asr": "the HuBERT base weights (torchaudio) and the LibriSpeech download (60 GB)",
 }
 
 

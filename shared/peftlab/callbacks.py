@@ -51,6 +51,8 @@ class PredictionCSVWriter(BasePredictionWriter):
                 writer.writerows(rows)
 
         atomic_write(path, write)
+        for suffix, text in pl_module.task.extra_prediction_files(header, rows).items():  # e.g. a Kaldi text file
+            atomic_write(path.with_suffix(suffix), lambda p, text=text: Path(p).write_text(text))
         self.written_path = path
         source = f" of {trainer.ckpt_path}" if trainer.ckpt_path else ""
         pl_module.print(f"peftlab: {len(rows)} prediction row(s){source} written to {path}")

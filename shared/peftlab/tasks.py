@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 #: every task type; each has its TaskKind (head, loss, metrics, predictions) in peftlab.model.task_kinds
-TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classification", "token_regression")
+TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classification", "token_regression",
+              "transcription")
 
-#: task types whose head outputs one row per token (``[B, T, K]``)
-PER_TOKEN_TASK_TYPES = ("token_classification", "token_regression")
+#: task types whose head outputs one row per token (``[B, T, K]``; transcription: per encoder frame)
+PER_TOKEN_TASK_TYPES = ("token_classification", "token_regression", "transcription")
 
 IGNORE_INDEX = -100  # label value that losses and metrics skip (padding, special tokens)
 

@@ -17,7 +17,7 @@ from peftlab_speech import HFSpeechEncoder
 
 from tests.method_checks import _train_steps, check_empty_prefix_matches_library, check_method_guarantees
 # the same encoder sizes as torchaudio's matrix: width, MLP, heads, blocks, conv channels, pos-conv kernel
-from tests.speech.test_methods import C, D, F, H, K, L, OPTIONS, add_catalogue_counts
+from tests.speech.test_methods import ASR_TASK, C, D, F, H, K, L, OPTIONS, add_catalogue_counts, asr_batch
 
 G, BUCKETS = 16, 320  # pos-conv groups, WavLM's relative-position buckets (config defaults)
 TINY = dict(num_layers=L, hidden_size=D, num_heads=H, intermediate_size=F, conv_dim=C)
@@ -223,6 +223,20 @@ def make_frozen(family: str) -> HFSpeechEncoder:
 def test_methods_on_hf_encoders(family, name, tmp_path):
     check_method_guarantees(lambda: make_frozen(family), batch(), name, OPTIONS[family].get(name, {}),
                             EXPECTED[family][name], D, tmp_path)
+
+
+HF_ASR_CASES = [("wav2vec2", "lora"), ("wav2vec2", "prompt"), ("wavlm", "adapter")]
+
+
+@pytest.mark.parametrize("family,name", HF_ASR_CASES, ids=[f"{f}-{m}" for f, m in HF_ASR_CASES])
+def test_methods_on_hf_encoders_for_transcription(family, name, tmp_path):
+    # a CTC head: the guarantees hold and every utterance keeps its own frame count (18 / 18 / 12 frames)
+    module = check_method_guarantees(lambda: make_frozen(family), asr_batch(), name, OPTIONS[family].get(name, {}),
+                                     EXPECTED[family][name], D, tmp_path, task=ASR_TASK)
+    with torch.no_grad():
+        scores, out = module(asr_batch()), module.predict_step(asr_batch(), 0)
+    assert scores.shape == (3, 18, len(ASR_TASK["label_names"]) + 1)
+    assert scores[..., -1].sum(1).tolist() == [18, 18, 12] and out["references"] == ["AB C", "CC", "B"]
 
 
 def test_frozen_and_trainable_wavlm_differ_only_in_the_last_bits():

@@ -121,3 +121,28 @@ def test_prefix_attention_without_tokens_is_torchaudios_own_attention():
 def test_prefix_tuning_refuses_wavlm_saying_why():
     with pytest.raises(ValueError, match="fused multi-head kernel with a gated relative position bias"):
         build_method("prefix").apply(make("wavlm"))
+
+
+# ---- the same guarantees with a CTC head (task_type transcription): methods that insert tokens (prompts,
+# prefixes) must give the head one score row per audio frame, so the CTC alignment still holds
+ASR_VOCAB = ["<blank>", "|", "A", "B", "C"]
+ASR_TASK = {"task_type": "transcription", "num_outputs": len(ASR_VOCAB), "label_names": ASR_VOCAB}
+ASR_CASES = [("wav2vec2", "lora"), ("wav2vec2", "adapter"), ("wav2vec2", "prompt"), ("wav2vec2", "prefix"),
+             ("wavlm", "lora"), ("wavlm", "prompt")]
+
+
+def asr_batch() -> dict:
+    b = batch()  # 6000 / 6000 / 4000 samples: 18 / 18 / 12 frames of 20 ms
+    b["labels"] = torch.tensor([[2, 3, 1, 4], [4, 4, -100, -100], [3, -100, -100, -100]])
+    return b
+
+
+@pytest.mark.parametrize("family,name", ASR_CASES, ids=[f"{f}-{m}" for f, m in ASR_CASES])
+def test_methods_on_torchaudio_encoders_for_transcription(family, name, tmp_path):
+    module = check_method_guarantees(lambda: make(family), asr_batch(), name, OPTIONS[family].get(name, {}),
+                                     EXPECTED[family][name], D, tmp_path, task=ASR_TASK)
+    with torch.no_grad():
+        out, scores = module.predict_step(asr_batch(), 0), module(asr_batch())
+    assert scores.shape == (3, 18, len(ASR_VOCAB) + 1)  # every frame scored, inserted tokens stripped
+    assert scores[..., -1].sum(1).tolist() == [18, 18, 12]  # each utterance's own frame count
+    assert out["references"] == ["AB C", "CC", "B"] and len(out["hypotheses"]) == 3

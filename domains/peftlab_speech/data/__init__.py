@@ -5,6 +5,9 @@
     speech_commands  Google Speech Commands (SpeechCommandsDataModule, the 12-class keyword-spotting mapping)
     fsdd             the Free Spoken Digit Dataset (FSDDDataModule)
     audio_csv        CSV manifests (AudioCSVDataModule, read_audio_csv)
+    transcribed      speech recognition: TranscriptionDataModule (the base), CSV manifests with a transcript
+                     column, FSDD read as recognition
+    kaldi            Kaldi data directories and LibriSpeech folders (KaldiDataModule, LibriSpeechDataModule)
 
 Three layouts are read, all producing :class:`AudioRecord` objects:
 
@@ -44,11 +47,24 @@ from peftlab_speech.data.audio import (AUDIO_SUFFIXES, CROP_MODES, DEFAULT_NOISE
 from peftlab_speech.data.audio_csv import AudioCSVDataModule, read_audio_csv
 from peftlab_speech.data.base import AudioDataModule, AudioDataset, AudioRecord, collate_audio
 from peftlab_speech.data.fsdd import FSDD_NAME, FSDD_TASKS, FSDD_TEST_TAKES, FSDDDataModule, parse_fsdd_name
+from peftlab_speech.data.kaldi import KaldiDataModule, LibriSpeechDataModule, read_kaldi_dir, read_librispeech
+from peftlab_speech.data.transcribed import (DIGIT_WORDS, FSDDTranscriptionDataModule, TranscribedRecord,
+                                             TranscriptCSVDataModule, TranscriptionDataModule, collate_transcribed)
 from peftlab_speech.data.speech_commands import (BACKGROUND_NOISE_DIR, KWS12_LABELS, KWS12_WORDS, NOISE_REGIONS,
                                                  SILENCE_LABEL, SILENCE_SECONDS, SPEECH_COMMANDS_LISTS, UNKNOWN_LABEL,
                                                  SpeechCommandsDataModule)
 
 __all__ = [
+    "DIGIT_WORDS",
+    "FSDDTranscriptionDataModule",
+    "KaldiDataModule",
+    "LibriSpeechDataModule",
+    "TranscribedRecord",
+    "TranscriptCSVDataModule",
+    "TranscriptionDataModule",
+    "collate_transcribed",
+    "read_kaldi_dir",
+    "read_librispeech",
     "AUDIO_SUFFIXES",
     "BACKGROUND_NOISE_DIR",
     "CROP_MODES",

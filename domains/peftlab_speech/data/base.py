@@ -110,7 +110,11 @@ class AudioDataset(Dataset):
         waveform = self.load(record, generator)
         if self.augmentation is not None:
             waveform = self.augmentation(waveform, generator)
-        return {"waveform": waveform, "label": int(record.label), "id": record.id}
+        return {"waveform": waveform, "label": self.item_label(record), "id": record.id}
+
+    def item_label(self, record: AudioRecord) -> Any:
+        """What an item carries as its label: the class index (a transcription dataset: the symbol indices)."""
+        return int(record.label)
 
 
 def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,12 @@ test it, and print metrics and cost.
     python domains/peftlab_speech/recipes/finetune.py --setup peft_ser_wavlm_lora \
         --config configs/speech/data/emotion_csv.yaml --data.path crema_d.csv
 
+    # speech recognition (CTC over characters, WER): LoRA on the tiny random-init encoder, speechocean762's
+    # Kaldi directories; Chen et al.'s ASR row: --setup chen2022_hubert_asr --config configs/speech/data/librispeech.yaml
+    python domains/peftlab_speech/recipes/finetune.py --config configs/speech/backbones/hubert_tiny.yaml \
+        --config configs/methods/lora.yaml --config configs/speech/data/speechocean762.yaml \
+        --data.init_args.path ../shared/data/speechocean762
+
 ``--setup NAME`` prepends ``configs/speech/setups/NAME.yaml``; every other argument
 goes to the Lightning CLI, so any field can be overridden.
 """
@@ -26,7 +32,7 @@ from pathlib import Path
 from peftlab.experiment import recipe_main
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "speech" / "setups"
-SETUPS = ("chen2022_hubert_adapters", "peft_ser_wavlm_lora")
+SETUPS = ("chen2022_hubert_adapters", "chen2022_hubert_asr", "peft_ser_wavlm_lora")
 
 
 def main(argv: list[str]) -> dict:

@@ -98,7 +98,7 @@ class PeftModule(L.LightningModule):
         self.backbone = backbone
         self.layer_weighted_sum = layer_weighted_sum
         self.feature_cache = FeatureCache() if cache_frozen_features else None
-        self.task = task_kind(task_type)
+        self.task = task_kind(task_type).with_labels(label_names)
         if self.feature_cache is not None:
             if any(p.requires_grad for p in backbone.parameters()):
                 raise ValueError(f"cache_frozen_features needs a frozen backbone (linear_probe); "

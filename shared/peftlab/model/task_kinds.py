@@ -22,8 +22,11 @@ import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor, nn
 
+from peftlab.data.transcripts import BLANK
 from peftlab.model.heads import TaskHead
 from peftlab.model.metrics import BinaryBalancedAccuracy
+from peftlab.model.transcription import (CTCHead, ctc_loss, greedy_decode, kaldi_text, references,
+                                         split_head_output, utterance_wer)
 from peftlab.tasks import IGNORE_INDEX, PER_TOKEN_TASK_TYPES, TASK_TYPES, check_task_type
 
 
@@ -60,6 +63,11 @@ class TaskKind:
         """The metrics logged for validation and test (vector-valued ones become one scalar per entry)."""
         raise NotImplementedError
 
+    def with_labels(self, label_names: list[str] | None) -> TaskKind:
+        """The kind a model with these label names uses (PeftModule asks once): itself, unless
+        the kind needs the names to compute its outputs (transcription decodes with them)."""
+        return self
+
     def loss_and_predictions(self, logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """``(loss, metric_preds, metric_target)`` for one batch (labels in ``batch["labels"]``)."""
         raise NotImplementedError
@@ -86,6 +94,11 @@ class TaskKind:
             for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
                 rows.append([id_] + values + ([self.predicted(label_names, values)] if self.classifies else []))
         return header, rows
+
+    def extra_prediction_files(self, header: list[str], rows: list[list[Any]]) -> dict[str, str]:
+        """Further files ``predict`` writes beside ``predictions.csv``: ``{suffix: text}``, each
+        written to the CSV's path with that suffix (transcription: a Kaldi ``text`` file)."""
+        return {}
 
     classifies: bool = True  # predictions.csv gets a ``predicted`` label column
 
@@ -270,6 +283,60 @@ class TokenRegression(TaskKind):
         return per_token_table(self, outputs, label_names)
 
 
+class Transcription(TaskKind):
+    """Speech recognition with CTC (:mod:`peftlab.model.transcription`): a frame-level head
+    over the character vocabulary (the label names: ``<blank>``, ``|``, the characters),
+    greedy decoding, word and character error rates. ``head_hidden_dim`` gives SUPERB's
+    2-layer BiLSTM downstream (units per direction); ``pooling`` is not used."""
+
+    name, primary_metric, cacheable, classifies = "transcription", "wer", False, False
+
+    def __init__(self, vocabulary: list[str] | None = None) -> None:
+        self.vocabulary = vocabulary
+
+    def with_labels(self, label_names):
+        if not label_names or label_names[0] != BLANK:
+            raise ValueError(f"task_type transcription needs label_names: the character vocabulary, {BLANK!r} "
+                             f"first (a transcription DataModule gives it), got {label_names!r}")
+        return Transcription(list(label_names))
+
+    def build_head(self, backbone, num_outputs, *, pooling="mean", hidden_dim=None, dropout=0.1,
+                   weighted_layers=None, pair_combination=None):
+        if pair_combination is not None:
+            raise ValueError("transcription takes one utterance per example, not pairs")
+        return CTCHead(backbone.embed_dim, num_outputs, hidden_dim, dropout, weighted_layers)
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        return tm.MetricCollection({"wer": tm.text.WordErrorRate(), "cer": tm.text.CharErrorRate()},
+                                   compute_groups=False)
+
+    def loss_and_predictions(self, logits, batch):
+        scores, frames = split_head_output(logits)
+        loss = ctc_loss(scores, frames, batch["labels"], batch["ids"])
+        return loss, greedy_decode(scores, frames, self.vocabulary), references(batch["labels"], self.vocabulary)
+
+    def predict_output(self, logits, batch):
+        scores, frames = split_head_output(logits)
+        refs = references(batch["labels"], self.vocabulary) if "labels" in batch else None
+        return {"ids": batch["ids"], "hypotheses": greedy_decode(scores, frames, self.vocabulary),
+                "references": refs}
+
+    def prediction_table(self, outputs, label_names):
+        """``id``, ``hypothesis`` and, when the data has transcripts, ``reference`` and the utterance's ``wer``."""
+        with_refs = all(out.get("references") is not None for out in outputs)
+        header = ["id", "hypothesis"] + (["reference", "wer"] if with_refs else [])
+        rows: list[list[Any]] = []
+        for out in outputs:
+            for i, (id_, hyp) in enumerate(zip(out["ids"], out["hypotheses"])):
+                ref = out["references"][i] if with_refs else None
+                rows.append([id_, hyp] + ([ref, utterance_wer(hyp, ref)] if with_refs else []))
+        return header, rows
+
+    def extra_prediction_files(self, header, rows):
+        """The hypotheses as a Kaldi ``text`` file (``<id> <hypothesis>`` per line): ``predictions.text``."""
+        return {".text": kaldi_text([(row[0], row[1]) for row in rows])}
+
+
 TASK_KINDS: dict[str, TaskKind] = {}
 
 
@@ -280,7 +347,8 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
     return kind
 
 
-for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification(), TokenRegression()):
+for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification(), TokenRegression(),
+              Transcription()):
     register_task_kind(_kind)
 
 

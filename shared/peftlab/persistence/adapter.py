@@ -132,7 +132,7 @@ def head_options(meta: dict[str, Any]) -> dict[str, Any]:
     head = meta["head"]
     return dict(task_type=head["task_type"], num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
                 pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
-                layer_weighted_sum=head.get("layer_weighted_sum", False))
+                layer_weighted_sum=head.get("layer_weighted_sum", False), task_options=head.get("task_options"))
 
 def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The trained tensors of an adapter directory (``adapter.safetensors``)."""

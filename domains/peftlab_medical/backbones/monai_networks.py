@@ -127,6 +127,7 @@ class MonaiUNETRBackbone(Backbone):
         if out_channels is None:
             out_channels = int(state["out.conv.conv.weight"].shape[0]) if state and "out.conv.conv.weight" in state else 2
         net = self._build(out_channels)
+        _register_prefix_attention()
         if state is not None:
             _load_into(net, state, checkpoint_path)
         for block in net.vit.blocks:
@@ -249,11 +250,11 @@ def _sablock_with_prefix(self, prefix, x: Tensor, attn_mask: Tensor | None = Non
 
 
 def _register_prefix_attention() -> None:
+    """Teach prefix tuning MONAI's SABlock. Called when a UNETR is built, not at import: importing
+    ``monai.networks`` imports transformers and torchaudio (MONAI's other networks), which a bare
+    ``import peftlab_medical`` must not (``tests/test_lean_imports.py``)."""
     from monai.networks.blocks.selfattention import SABlock
 
     from peftlab.methods.prompts import register_prefix_attention
 
     register_prefix_attention(SABlock, _sablock_with_prefix)
-
-
-_register_prefix_attention()

@@ -288,7 +288,7 @@ class Segmentation(TaskKind):
         return backbone.segmentation_head(num_outputs)
 
     def build_metrics(self, num_outputs):
-        return tm.MetricCollection({"scores": seg.SegmentationScores(num_outputs, hd95=self.options["hd95"])},
+        return tm.MetricCollection({"dice": seg.SegmentationScores(num_outputs, hd95=self.options["hd95"])},
                                    compute_groups=False)
 
     def infer(self, model, batch):

@@ -190,6 +190,7 @@ EXPECTED_CELLS = {
     "dutt2023_medical.yaml": 36, "dutt2023_medical_cpu.yaml": 36,    # (2 backbones x 7 methods - 2) x 3 seeds
     "chen2022_speech.yaml": 24, "chen2022_speech_cpu.yaml": 24,      # 2 tasks x 4 methods x 3 seeds
     "method_catalogue_cpu.yaml": 3 * 31,                             # 3 tasks x every method config but QLoRA
+    "msd_segmentation_cpu.yaml": 4,                                  # 1 x 1 x 4 methods x 1 seed
 }
 
 

@@ -31,15 +31,19 @@ LOSSES = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "dice_focal": "DiceFocalL
 
 
 def build_loss(name: str, include_background: bool = True, lambda_dice: float = 1.0,
-               lambda_other: float = 1.0) -> torch.nn.Module:
+               lambda_other: float = 1.0, batch_dice: bool = True) -> torch.nn.Module:
     """A MONAI loss on logits ``[B, C, *spatial]`` and class-index labels ``[B, 1, *spatial]``
-    (softmax over classes, labels one-hot encoded by MONAI)."""
+    (softmax over classes, labels one-hot encoded by MONAI). ``batch_dice``: the Dice term over
+    the whole batch (MONAI's ``batch=True``, as nnU-Net does) instead of per crop; per crop, a
+    structure absent from a crop drives its soft Dice towards predicting it nowhere, which on
+    small structures (the hippocampus) stalls training at all-background."""
     import monai.losses
 
     if name not in LOSSES:
         raise ValueError(f"segmentation loss must be one of {', '.join(LOSSES)}, got {name!r}")
     cls = getattr(monai.losses, LOSSES[name])
-    kwargs: dict[str, Any] = dict(to_onehot_y=True, softmax=True, include_background=include_background)
+    kwargs: dict[str, Any] = dict(to_onehot_y=True, softmax=True, include_background=include_background,
+                                  batch=batch_dice)
     if name == "dice_ce":
         kwargs.update(lambda_dice=lambda_dice, lambda_ce=lambda_other)
     elif name == "dice_focal":

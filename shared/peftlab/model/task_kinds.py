@@ -259,13 +259,14 @@ class Segmentation(TaskKind):
 
     Options (``task_options``): ``roi_size``, ``overlap``, ``sw_batch_size``, ``blend`` (``gaussian``
     or ``constant``), ``loss`` (``dice_ce``, ``dice``, ``dice_focal``), ``lambda_dice``, ``lambda_other``
-    (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``hd95`` (compute
+    (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``batch_dice`` (the
+    Dice term over the whole batch, see :func:`peftlab.model.segmentation.build_loss`), ``hd95`` (compute
     HD95; off saves time on large volumes)."""
 
     name, primary_metric, cacheable = "segmentation", "dice", False
     default_options = {"roi_size": None, "overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian",
                        "loss": "dice_ce", "lambda_dice": 1.0, "lambda_other": 1.0, "loss_background": True,
-                       "hd95": True}
+                       "batch_dice": True, "hd95": True}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -277,7 +278,8 @@ class Segmentation(TaskKind):
     def loss(self) -> nn.Module:
         if self._loss is None:
             o = self.options
-            self._loss = seg.build_loss(o["loss"], o["loss_background"], o["lambda_dice"], o["lambda_other"])
+            self._loss = seg.build_loss(o["loss"], o["loss_background"], o["lambda_dice"], o["lambda_other"],
+                                        o["batch_dice"])
         return self._loss
 
     def build_head(self, backbone, num_outputs, **_):

@@ -125,7 +125,8 @@ class MonaiUNETRBackbone(Backbone):
         self.gradient_checkpointing = gradient_checkpointing
         state = _read_bundle_weights(checkpoint_path) if checkpoint_path is not None else None
         if out_channels is None:
-            out_channels = int(state["out.conv.conv.weight"].shape[0]) if state and "out.conv.conv.weight" in state else 2
+            weight = (state or {}).get("out.conv.conv.weight")
+            out_channels = int(weight.shape[0]) if weight is not None else 2
         net = self._build(out_channels)
         _register_prefix_attention()
         if state is not None:

@@ -126,7 +126,8 @@ class CheckCased(MapTransform):
         if hasattr(image, "affine") and hasattr(label, "affine") and not torch.allclose(
                 image.affine.double(), label.affine.double(), atol=self.atol):
             raise DataError(label.meta.get("filename_or_obj", cid), cid,
-                            f"label affine differs from the image's:\n{label.affine.numpy()}\nvs\n{image.affine.numpy()}")
+                            f"label affine differs from the image's:\n{label.affine.numpy()}\n"
+                            f"vs\n{image.affine.numpy()}")
         values = torch.unique(label.as_tensor() if hasattr(label, "as_tensor") else label)
         bad = [int(v) if v == int(v) else v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_classes]
         if bad:

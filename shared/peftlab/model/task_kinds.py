@@ -320,7 +320,8 @@ class Segmentation(TaskKind):
                "affines": list(batch["affines"].cpu()) if "affines" in batch else [None] * len(masks)}
         if "labels" in batch:
             labels = seg.cases(batch["labels"].long().reshape(logits.shape[:1] + logits.shape[2:]), batch.get("shapes"))
-            out["scores"] = [seg.case_scores(m, y, logits.shape[1], self.options["hd95"]) for m, y in zip(masks, labels)]
+            out["scores"] = [seg.case_scores(m, y, logits.shape[1], self.options["hd95"])
+                             for m, y in zip(masks, labels)]
         return out
 
     def write_prediction_files(self, outputs, folder):

@@ -247,6 +247,11 @@ def _check_outputs(command: Command, output: str, work: Path, tmp_path: Path) ->
         assert not (work / "lightning_logs").exists()  # no new run folder anywhere
     elif text.startswith("peftlab predict-adapters"):
         assert sorted(p.name for p in (work / "runs" / "predictions").iterdir()) == ["dora.csv", "lora.csv"]
+    elif text == "peftlab predict --run_dir runs/msd-tiny":
+        run = work / "runs" / "msd-tiny"
+        rows = (run / "predictions.csv").read_text().splitlines()
+        assert rows[0].startswith("id,mask,dice/background,dice/Anterior,dice/Posterior,hd95/background")
+        assert len(rows) == 1 + 4 and len(list((run / "masks").glob("hippocampus_*.nii.gz"))) == 4  # 2 batches of 2
     elif text.startswith("peftlab test --run_dir runs/gb1-tiny"):
         record = (work / "runs" / "gb1-tiny" / "test_metrics.json").read_text()
         assert '"split_size": 8309' in record and '"examples": 32' in record  # 2 batches of 16 (limit_test_batches)

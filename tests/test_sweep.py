@@ -191,6 +191,7 @@ EXPECTED_CELLS = {
     "chen2022_speech.yaml": 24, "chen2022_speech_cpu.yaml": 24,      # 2 tasks x 4 methods x 3 seeds
     "chen2022_asr.yaml": 12, "chen2022_asr_cpu.yaml": 4,             # 1 task x 4 methods x 3 seeds / 1 seed
     "method_catalogue_cpu.yaml": 3 * 31,                             # 3 tasks x every method config but QLoRA
+    "msd_segmentation_cpu.yaml": 4,                                  # 1 x 1 x 4 methods x 1 seed
 }
 
 

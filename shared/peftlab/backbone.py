@@ -62,12 +62,16 @@ class Features:
     cls: ``[B, D]`` the summary token's final state (class token, BOS), or None.
     layers: per-layer states ``[B, T, D]`` (embeddings, then each block's
         output), only when asked for.
+    skips: dense backbones (segmentation): what their ``segmentation_head``
+        decoder reads besides ``hidden``, in the order that backbone documents
+        (e.g. the input image and intermediate encoder states); else None.
     """
 
     hidden: Tensor
     mask: Tensor
     cls: Tensor | None = None
     layers: list[Tensor] | None = None
+    skips: list[Tensor] | None = None
 
 
 class TokenHook(nn.Module):

@@ -42,6 +42,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         predictions = gather_to_rank_zero(trainer, list(predictions))
         if predictions is None:
             return
+        pl_module.task.write_prediction_files(predictions, path.parent)  # e.g. segmentation masks
         header, rows = pl_module.task.prediction_table(predictions, pl_module.label_names)
 
         def write(tmp: str) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 #: every task type; each has its TaskKind (head, loss, metrics, predictions) in peftlab.model.task_kinds
 TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classification", "token_regression",
-              "transcription")
+              "transcription", "segmentation")
 
 #: task types whose head outputs one row per token (``[B, T, K]``; transcription: per encoder frame)
 PER_TOKEN_TASK_TYPES = ("token_classification", "token_regression", "transcription")
 
+#: task types whose head outputs one class score map per voxel (``[B, C, *spatial]``)
+DENSE_TASK_TYPES = ("segmentation",)
+
 IGNORE_INDEX = -100  # label value that losses and metrics skip (padding, special tokens)
 
 #: metric names (the part after ``val/`` / ``test/``) for which a smaller value is better
-LOWER_IS_BETTER = ("mse", "mae", "loss", "rmse", "error", "wer", "cer")
+LOWER_IS_BETTER = ("mse", "mae", "loss", "rmse", "error", "wer", "cer", "hd95")
 
 
 def lower_is_better(metric: str) -> bool:

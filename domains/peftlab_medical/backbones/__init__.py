@@ -1,6 +1,7 @@
 """The medical domain's backbones, one module per library family:
 
-    timm_models  timm image models: ViT / DeiT, Swin, ResNet (:class:`TimmBackbone`)
+    timm_models     timm image models: ViT / DeiT, Swin, ResNet (:class:`TimmBackbone`)
+    monai_networks  MONAI segmentation networks: UNETR (:class:`MonaiUNETRBackbone`, its decoder the head)
 
 Every name of the former ``peftlab_medical.backbones`` module is importable
 from here (``peftlab_medical.backbones.TimmBackbone`` is the class path that
@@ -9,5 +10,7 @@ configs and ``adapter_config.json`` files written before the split name).
 
 from peftlab_medical.backbones.timm_models import (RESNET_PRESETS, TRANSFORMER_PRESETS, TRANSFORMER_SITES,
                                                    TimmBackbone)
+from peftlab_medical.backbones.monai_networks import MonaiUNETRBackbone, UNETRDecoder
 
-__all__ = ["RESNET_PRESETS", "TRANSFORMER_PRESETS", "TRANSFORMER_SITES", "TimmBackbone"]
+__all__ = ["MonaiUNETRBackbone", "RESNET_PRESETS", "TRANSFORMER_PRESETS", "TRANSFORMER_SITES", "TimmBackbone",
+           "UNETRDecoder"]

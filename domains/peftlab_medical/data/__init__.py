@@ -6,6 +6,7 @@
     medmnist      MedMNISTDataModule: a MedMNIST v2 ``.npz`` with its official splits
     image_folder  ImageFolderDataModule: one folder per class, optionally in train/ val/ test/
     image_csv     ImageCSVDataModule: a CSV manifest (``path,label`` or one 0/1 column per label)
+    msd           MSDDataModule: a Medical Segmentation Decathlon task folder (segmentation, NIfTI volumes)
 
 Three DataModules read three layouts, all producing :class:`ImageRecord` objects
 that MONAI transforms turn into items (see :mod:`.base` for the transform chain
@@ -27,6 +28,7 @@ from peftlab_medical.data.base import IMAGE_TASK_TYPES, ImageRecord, MedicalImag
 from peftlab_medical.data.image_csv import ImageCSVDataModule, ManifestRow, read_image_csv
 from peftlab_medical.data.image_folder import ImageFolderDataModule, scan_image_folder
 from peftlab_medical.data.medmnist import MedMNISTDataModule, read_medmnist
+from peftlab_medical.data.msd import MSDDataModule, read_msd_task
 from peftlab_medical.data.transforms import IMAGE_SUFFIXES, MIN_IMAGE_SIDE, LoadImageRecordd, image_format
 
 __all__ = [
@@ -39,10 +41,12 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "ManifestRow",
     "MedMNISTDataModule",
+    "MSDDataModule",
     "MedicalImageDataModule",
     "image_format",
     "infer_task_type",
     "read_image_csv",
     "read_medmnist",
+    "read_msd_task",
     "scan_image_folder",
 ]

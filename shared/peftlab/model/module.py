@@ -80,6 +80,8 @@ class PeftModule(L.LightningModule):
         pair_combination: how the two pooled embeddings meet in the head:
             ``symmetric``, ``ordered`` or ``both_orders`` (see
             :class:`peftlab.model.heads.PairCombination`).
+        task_options: options of the task type (its ``TaskKind.default_options``), e.g.
+            segmentation's ``roi_size`` and ``overlap`` of sliding-window inference, or its loss.
     """
 
     def __init__(self, backbone: Backbone, method: Method | None = None, task_type: str = "regression",
@@ -87,7 +89,7 @@ class PeftModule(L.LightningModule):
                  head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
                  head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06,
                  layer_weighted_sum: bool = False, cache_frozen_features: bool = False, pairs: bool = False,
-                 pair_combination: str = "symmetric") -> None:
+                 pair_combination: str = "symmetric", task_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.method = method if method is not None else LoRA()
         self.backbone_identity = backbone.identity()  # before the method touches it
@@ -98,7 +100,7 @@ class PeftModule(L.LightningModule):
         self.backbone = backbone
         self.layer_weighted_sum = layer_weighted_sum
         self.feature_cache = FeatureCache() if cache_frozen_features else None
-        self.task = task_kind(task_type).with_labels(label_names)
+        self.task = task_kind(task_type).with_options(task_options).with_labels(label_names)
         if self.feature_cache is not None:
             if any(p.requires_grad for p in backbone.parameters()):
                 raise ValueError(f"cache_frozen_features needs a frozen backbone (linear_probe); "
@@ -118,6 +120,8 @@ class PeftModule(L.LightningModule):
                             "hidden_dim": head_hidden_dim, "dropout": head_dropout,
                             "layer_weighted_sum": layer_weighted_sum, "pairs": pairs,
                             "pair_combination": pair_combination}
+        if task_options:
+            self.head_config["task_options"] = dict(task_options)
         self.save_hyperparameters(ignore=["backbone", "method"])
         metrics = self.task.build_metrics(num_outputs)
         self.val_metrics = metrics.clone(prefix="val/")
@@ -161,7 +165,7 @@ class PeftModule(L.LightningModule):
         return self.head(self.backbone(batch, output_layers=self.layer_weighted_sum))
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        return self.task.loss_and_predictions(self(batch), batch)
+        return self.task.loss_and_predictions(self.task.infer(self, batch), batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
@@ -209,7 +213,7 @@ class PeftModule(L.LightningModule):
         self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self.task.predict_output(self(batch), batch)
+        return self.task.predict_output(self.task.infer(self, batch), batch)
 
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ somewhere, and a class per type keeps each type's choices together.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torchmetrics as tm
 from torch import Tensor, nn
 
 from peftlab.data.transcripts import BLANK
+from peftlab.model import segmentation as seg
 from peftlab.model.heads import TaskHead
 from peftlab.model.metrics import BinaryBalancedAccuracy
 from peftlab.model.transcription import (CTCHead, ctc_loss, greedy_decode, kaldi_text, references,
@@ -45,6 +47,28 @@ class TaskKind:
     name: str = ""
     primary_metric: str = ""
     cacheable: bool = True
+    #: the options a run may set (``PeftModule(task_options=...)``) and their defaults
+    default_options: dict[str, Any] = {}
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.default_options))
+        if unknown:
+            known = ", ".join(self.default_options) or "none"
+            raise ValueError(f"task_type {self.name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
+        self.options = {**self.default_options, **options}
+
+    def with_options(self, options: dict[str, Any] | None) -> "TaskKind":
+        """This kind with a run's ``task_options`` set (a new instance; the registered one stays as it is)."""
+        return type(self)(**options) if options else self
+
+    def infer(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """The logits of a batch (training, validation, test and predict): ``model(batch)``; a kind may
+        run the model otherwise, e.g. over sliding windows of whole volumes when not training."""
+        return model(batch)
+
+    def write_prediction_files(self, outputs: list[dict[str, Any]], folder: Any) -> None:
+        """Files ``peftlab predict`` writes beside ``predictions.csv`` (in ``folder``) before its rows
+        are made: nothing, except for kinds whose predictions are not table rows (segmentation masks)."""
 
     @property
     def per_token(self) -> bool:
@@ -337,6 +361,98 @@ class Transcription(TaskKind):
         return {".text": kaldi_text([(row[0], row[1]) for row in rows])}
 
 
+class Segmentation(TaskKind):
+    """One class per voxel (or pixel): logits ``[B, C, *spatial]``, labels ``[B, 1, *spatial]`` class
+    indices (background 0). Loss: a MONAI Dice loss (``dice_ce`` by default); metrics: MONAI's Dice and
+    HD95 per class (background first) and over the foreground classes (primary: ``dice``), see
+    :mod:`peftlab.model.segmentation`. Training runs the model on the crops it is given; validation,
+    test and predict run it over whole volumes in sliding windows of ``roi_size`` (default: the
+    backbone's ``input_size``). The head is the backbone's own decoder (``segmentation_head``).
+
+    Options (``task_options``): ``roi_size``, ``overlap``, ``sw_batch_size``, ``blend`` (``gaussian``
+    or ``constant``), ``loss`` (``dice_ce``, ``dice``, ``dice_focal``), ``lambda_dice``, ``lambda_other``
+    (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``batch_dice`` (the
+    Dice term over the whole batch, see :func:`peftlab.model.segmentation.build_loss`), ``hd95`` (compute
+    HD95; off saves time on large volumes)."""
+
+    name, primary_metric, cacheable = "segmentation", "dice", False
+    default_options = {"roi_size": None, "overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian",
+                       "loss": "dice_ce", "lambda_dice": 1.0, "lambda_other": 1.0, "loss_background": True,
+                       "batch_dice": True, "hd95": True}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["loss"] not in seg.LOSSES:
+            raise ValueError(f"segmentation loss must be one of {', '.join(seg.LOSSES)}, got {self.options['loss']!r}")
+        self._loss: nn.Module | None = None  # built on first use: MONAI is imported only by segmentation runs
+
+    @property
+    def loss(self) -> nn.Module:
+        if self._loss is None:
+            o = self.options
+            self._loss = seg.build_loss(o["loss"], o["loss_background"], o["lambda_dice"], o["lambda_other"],
+                                        o["batch_dice"])
+        return self._loss
+
+    def build_head(self, backbone, num_outputs, **_):
+        if not hasattr(backbone, "segmentation_head"):
+            raise ValueError(f"task_type segmentation needs a backbone with a segmentation decoder "
+                             f"(segmentation_head), which {backbone.name} has not; e.g. "
+                             f"peftlab_medical.MonaiUNETRBackbone")
+        return backbone.segmentation_head(num_outputs)
+
+    def build_metrics(self, num_outputs):
+        return tm.MetricCollection({"dice": seg.SegmentationScores(num_outputs, hd95=self.options["hd95"])},
+                                   compute_groups=False)
+
+    def infer(self, model, batch):
+        roi = self.options["roi_size"] or getattr(getattr(model, "backbone", None), "input_size", None)
+        if model.training or roi is None:
+            return model(batch)
+        o = self.options
+        return seg.sliding_window_logits(model, batch["images"], list(roi), o["overlap"], o["sw_batch_size"],
+                                         o["blend"])
+
+    def loss_and_predictions(self, logits, batch):
+        labels, shapes = batch["labels"].long(), batch.get("shapes")
+        if labels.ndim == logits.ndim - 1:
+            labels = labels.unsqueeze(1)
+        if shapes is None:
+            return self.loss(logits, labels), logits.argmax(1), labels[:, 0]
+        z, y = seg.cases(logits, shapes), seg.cases(labels, shapes)  # whole volumes, each its own size
+        loss = torch.stack([self.loss(zi[None], yi[None]) for zi, yi in zip(z, y)]).mean()
+        return loss, [zi.argmax(0) for zi in z], [yi[0] for yi in y]
+
+    def scores(self, logits):
+        return logits.float().softmax(1)
+
+    def predict_output(self, logits, batch):
+        masks = seg.cases(logits.argmax(1), batch.get("shapes"))
+        out = {"ids": batch["ids"], "masks": [m.to(torch.uint8).cpu() for m in masks],
+               "affines": list(batch["affines"].cpu()) if "affines" in batch else [None] * len(masks)}
+        if "labels" in batch:
+            labels = seg.cases(batch["labels"].long().reshape(logits.shape[:1] + logits.shape[2:]), batch.get("shapes"))
+            out["scores"] = [seg.case_scores(m, y, logits.shape[1], self.options["hd95"])
+                             for m, y in zip(masks, labels)]
+        return out
+
+    def write_prediction_files(self, outputs, folder):
+        seg.write_masks(outputs, Path(folder) / "masks")
+
+    def prediction_table(self, outputs, label_names):
+        """One row per case: ``id``, ``mask`` (the NIfTI file) and, when the data had labels,
+        ``dice/<class>`` and ``hd95/<class>`` for every class, background first."""
+        header, rows = ["id", "mask"], []
+        for out in outputs:
+            n = len(out["scores"][0][0]) if out.get("scores") else 0
+            names = [str(c) for c in label_names] if label_names and len(label_names) == n else list(map(str, range(n)))
+            header = ["id", "mask"] + [f"{m}/{c}" for m in ("dice", "hd95") for c in names]
+            for i, id_ in enumerate(out["ids"]):
+                values = out["scores"][i].flatten().tolist() if out.get("scores") else []
+                rows.append([id_, out.get("masks_written", [""] * len(out["ids"]))[i]] + values)
+        return header, rows
+
+
 TASK_KINDS: dict[str, TaskKind] = {}
 
 
@@ -348,7 +464,7 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
 
 
 for _kind in (Regression(), Binary(), Multiclass(), Multilabel(), TokenClassification(), TokenRegression(),
-              Transcription()):
+              Transcription(), Segmentation()):
     register_task_kind(_kind)
 
 

@@ -133,7 +133,7 @@ def head_options(meta: dict[str, Any]) -> dict[str, Any]:
     return dict(task_type=head["task_type"], num_outputs=head["num_outputs"], label_names=meta.get("label_names"),
                 pooling=head["pooling"], head_hidden_dim=head["hidden_dim"], head_dropout=head["dropout"],
                 layer_weighted_sum=head.get("layer_weighted_sum", False), pairs=head.get("pairs", False),
-                pair_combination=head.get("pair_combination", "symmetric"))
+                pair_combination=head.get("pair_combination", "symmetric"), task_options=head.get("task_options"))
 
 def read_adapter_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The trained tensors of an adapter directory (``adapter.safetensors``)."""

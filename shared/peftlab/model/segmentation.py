@@ -1,0 +1,152 @@
+"""What the ``segmentation`` task kind (:class:`peftlab.model.task_kinds.Segmentation`) runs on:
+Dice / HD95 scores per case and class, the loss, whole-volume sliding-window
+inference and the NIfTI masks ``peftlab predict`` writes.
+
+Every number comes from MONAI (``compute_dice``, ``compute_hausdorff_distance``
+with ``percentile=95``, ``DiceCELoss``, ``sliding_window_inference``);
+MONAI is imported inside the functions, so the core still imports no field
+library until a segmentation run asks for it (``tests/test_lean_imports.py``).
+
+Batches of a dense task: ``images`` ``[B, C, *spatial]``, ``labels``
+``[B, 1, *spatial]`` class indices, ``ids``; evaluation batches of whole
+volumes of different sizes are padded to one size and carry ``shapes``
+(``[B, n_spatial]``, each case's own size), so that every case is scored on
+its own voxels only; ``affines`` (``[B, 4, 4]``, 3D) place the predicted masks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchmetrics as tm
+from torch import Tensor
+from torchmetrics.utilities import dim_zero_cat
+
+#: the loss names ``task_options.loss`` accepts -> MONAI class names
+LOSSES = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "dice_focal": "DiceFocalLoss"}
+
+
+def build_loss(name: str, include_background: bool = True, lambda_dice: float = 1.0,
+               lambda_other: float = 1.0, batch_dice: bool = True) -> torch.nn.Module:
+    """A MONAI loss on logits ``[B, C, *spatial]`` and class-index labels ``[B, 1, *spatial]``
+    (softmax over classes, labels one-hot encoded by MONAI). ``batch_dice``: the Dice term over
+    the whole batch (MONAI's ``batch=True``, as nnU-Net does) instead of per crop; per crop, a
+    structure absent from a crop drives its soft Dice towards predicting it nowhere, which on
+    small structures (the hippocampus) stalls training at all-background."""
+    import monai.losses
+
+    if name not in LOSSES:
+        raise ValueError(f"segmentation loss must be one of {', '.join(LOSSES)}, got {name!r}")
+    cls = getattr(monai.losses, LOSSES[name])
+    kwargs: dict[str, Any] = dict(to_onehot_y=True, softmax=True, include_background=include_background,
+                                  batch=batch_dice)
+    if name == "dice_ce":
+        kwargs.update(lambda_dice=lambda_dice, lambda_ce=lambda_other)
+    elif name == "dice_focal":
+        kwargs.update(lambda_dice=lambda_dice, lambda_focal=lambda_other)
+    return cls(**kwargs)
+
+
+def cases(values: Tensor, shapes: Tensor | None) -> list[Tensor]:
+    """The cases of a batch ``[B, ..., *spatial]``, each cut back to its own spatial size
+    (``shapes``: ``[B, n_spatial]``; ``None``: the batch's size is every case's size)."""
+    if shapes is None:
+        return list(values)
+    n = shapes.shape[1]
+    return [v[(Ellipsis, *(slice(0, int(s)) for s in shape))] if v.ndim >= n else v
+            for v, shape in zip(values, shapes.tolist())]
+
+
+def case_scores(pred: Tensor, target: Tensor, num_classes: int, hd95: bool = True) -> Tensor:
+    """``[2, C]``: MONAI's Dice and 95th-percentile Hausdorff distance (in voxels) of every class
+    (background first) for one case, from class-index maps ``[*spatial]``. Dice of a class absent
+    from both masks is NaN (MONAI's ``ignore_empty``); HD95 where either mask lacks the class is NaN
+    (MONAI gives NaN or inf there: no surface to measure from), and left out of the means."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    p = one_hot(pred[None, None].long(), num_classes)  # [1, C, *spatial]
+    t = one_hot(target[None, None].long(), num_classes)
+    dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0].float()
+    if not hd95:
+        return torch.stack([dice, torch.full_like(dice, math.nan)])
+    with warnings.catch_warnings():  # MONAI warns for every class a mask lacks; those values are NaN
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95)[0].float().cpu()
+    hd = torch.where(torch.isfinite(hd), hd, torch.full_like(hd, math.nan))
+    return torch.stack([dice.cpu(), hd])
+
+
+class SegmentationScores(tm.Metric):
+    """Dice and HD95 per class and their means over the foreground classes, over every case seen.
+
+    Why a torchmetrics wrapper around MONAI's functions: MONAI's cumulative metrics
+    (``DiceMetric``, ``HausdorffDistanceMetric``) keep their buffers in Python lists that
+    neither Lightning's logging nor torchmetrics' ``reset`` / cross-process ``sync`` know about.
+    Here MONAI computes each case's values (:func:`case_scores`) and a ``cat`` state keeps them,
+    so the scores reset with the metric collection after every epoch and gather across
+    data-parallel processes like every other metric.
+
+    ``update(preds, target)``: class-index maps ``[B, *spatial]`` or lists of per-case maps (whole
+    volumes of different sizes). ``compute()``: ``{"dice", "dice_per_class", "hd95",
+    "hd95_per_class"}``; per-class vectors have one entry per class, background first (logged
+    under the data's class names), the plain ``dice`` and ``hd95`` average the foreground classes
+    (each class first averaged over the cases that have it).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, hd95: bool = True) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"segmentation needs at least 2 classes (background and one structure), got {num_classes}")
+        self.num_classes, self.with_hd95 = num_classes, hd95
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor | list[Tensor], target: Tensor | list[Tensor]) -> None:
+        for p, t in zip(preds, target):
+            if p.shape != t.shape:
+                raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(t.shape)} shapes differ")
+            self.scores.append(case_scores(p, t, self.num_classes, self.with_hd95)[None].to(self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        scores = dim_zero_cat(self.scores) if self.scores else torch.full((1, 2, self.num_classes), math.nan)
+        per_class = scores.nanmean(0)  # [2, C]: a class counts in the cases that have it
+        foreground = per_class[:, 1:].nanmean(1)
+        return {"dice": foreground[0], "dice_per_class": per_class[0],
+                "hd95": foreground[1], "hd95_per_class": per_class[1]}
+
+
+def sliding_window_logits(model: torch.nn.Module, images: Tensor, roi_size: list[int], overlap: float,
+                          sw_batch_size: int, mode: str) -> Tensor:
+    """Logits of whole volumes (``[B, C, *spatial]``) from windows of ``roi_size``
+    (MONAI's ``sliding_window_inference``: windows overlapping by ``overlap``, blended
+    ``gaussian`` or ``constant``; volumes smaller than a window are padded and cut back)."""
+    from monai.inferers import sliding_window_inference
+
+    if len(roi_size) != images.ndim - 2:
+        raise ValueError(f"roi_size {list(roi_size)} has {len(roi_size)} sizes for {images.ndim - 2}D images")
+    out = sliding_window_inference(images, list(roi_size), sw_batch_size, lambda x: model({"images": x}),
+                                   overlap=overlap, mode=mode)
+    return out.as_tensor() if hasattr(out, "as_tensor") else out
+
+
+def write_masks(outputs: list[dict[str, Any]], folder: Path) -> None:
+    """One NIfTI mask per case (``<folder>/<id>.nii.gz``, uint8 class indices) with the affine
+    the case's image came with; adds ``mask`` (the path) to every case of ``outputs``."""
+    import nibabel as nib
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for out in outputs:
+        out["masks_written"] = []
+        for id_, mask, affine in zip(out["ids"], out["masks"], out["affines"]):
+            path = folder / f"{Path(str(id_)).name}.nii.gz"
+            arr = mask.cpu().numpy().astype(np.uint8)
+            nib.save(nib.Nifti1Image(arr, None if affine is None else np.asarray(affine, dtype=np.float64)), path)
+            out["masks_written"].append(str(path))

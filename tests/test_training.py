@@ -108,7 +108,12 @@ SMALL_IMAGES = ["--data.init_args.num_images=40", "--data.init_args.batch_size=8
 
 
 def imaging_backbone_configs() -> list[str]:
-    return model_configs("medical")
+    """The classification backbones and setups (segmentation backbones: :func:`segmentation_backbone_configs`)."""
+    return [c for c in model_configs("medical") if "unetr" not in c]
+
+
+def segmentation_backbone_configs() -> list[str]:
+    return [c for c in model_configs("medical") if "unetr" in c]
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
@@ -131,6 +136,21 @@ def test_smoke_cli_fast_dev_run_every_imaging_backbone_config(backbone_yaml, tmp
                    "--model.backbone.init_args.in_chans=1"]
     main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/data/synthetic_lesion.yaml"), *shrink,
           *SMALL_IMAGES, *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("backbone_yaml", segmentation_backbone_configs())
+def test_smoke_cli_fast_dev_run_every_segmentation_backbone_config_on_an_msd_folder(backbone_yaml, tmp_path):
+    # a tiny MSD task folder (NIfTI written with nibabel); configs that name a bundle file run with random
+    # init at the tiny config's sizes
+    from tests.medical.test_msd_data import task_folder
+
+    root = task_folder(tmp_path, n=5)
+    shrink = ["--model.backbone.init_args.checkpoint_path=null", "--model.backbone.init_args.img_size=[16,16,16]",
+              "--model.backbone.init_args.feature_size=4", "--model.backbone.init_args.hidden_size=48",
+              "--model.backbone.init_args.mlp_dim=96", "--model.backbone.init_args.num_heads=4"]
+    main(["fit", *cfg(f"medical/{backbone_yaml}", "methods/lora.yaml", "medical/data/msd_hippocampus.yaml"), *shrink,
+          f"--data.root={root}", "--data.crop_size=[16,16,16]", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
+          "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_smoke_cli_fast_dev_run_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
@@ -216,6 +236,7 @@ def test_every_yaml_is_covered_by_a_cli_test():
     covered |= {"trainer/ddp.yaml", "trainer/fsdp.yaml", "trainer/deepspeed.yaml"}  # parsed (and DDP run) in tests/test_scaling.py
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/data/medmnist.yaml",
                                                                         "medical/data/synthetic_lesion.yaml"}
+    covered |= {f"medical/{b}" for b in segmentation_backbone_configs()} | {"medical/data/msd_hippocampus.yaml"}
     covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/data/{d}" for d in SPEECH_DATA}
     covered |= {f"paper/{p.name}" for p in (CONFIGS / "paper").glob("*.yaml")}  # dry-run and parse-checked in tests/test_sweep.py
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -63,7 +64,7 @@ class WarmStarter:
         self.context.set_forkserver_preload(list(preload))
 
     def start(self, cell_dir: Path, cwd: Path, log: Path) -> Any:
-        proc = self.context.Process(target=warm_cell, args=(str(cell_dir), str(cwd), str(log)),
+        proc = self.context.Process(target=warm_cell, args=(str(cell_dir), str(cwd), str(log), os.getpid()),
                                     name=f"peftlab-cell-{cell_dir.name}", daemon=False)
         proc.start()
         return proc
@@ -76,9 +77,29 @@ class WarmStarter:
             stop()
 
 
-def warm_cell(cell_dir: str, cwd: str, log: str) -> None:
-    """The body of a forked cell: its own session, output to the cell's log, the sweep's root as
-    working directory, its peak memory counted from here; then :func:`peftlab.sweep.cell.run_cell`."""
+def _die_with_fork_server(sweep_pid: int) -> None:
+    """First thing in a forked cell (Linux): the kernel kills it when its parent, the fork server,
+    dies, which the fork server does when the sweep dies. A sweep killed while the fork was under
+    way may already be gone (and the fork server with it, so that the parent this cell would read
+    later is the reaper): then the cell ends here instead of training as an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    try:
+        os.kill(sweep_pid, 0)
+    except ProcessLookupError:
+        os._exit(1)
+
+
+def warm_cell(cell_dir: str, cwd: str, log: str, sweep_pid: int) -> None:
+    """The body of a forked cell: bound to the fork server's life, its own session, output to the
+    cell's log, the sweep's root as working directory, its peak memory counted from here; then
+    :func:`peftlab.sweep.cell.run_cell`."""
+    _die_with_fork_server(sweep_pid)
     os.setsid()  # the sweep kills the cell's process group (data loader workers included)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)

@@ -112,13 +112,14 @@ def test_transcription_kind_needs_the_vocabulary_and_computes_wer_and_cer():
     assert references(torch.tensor([[3, 2, 5, IGNORE_INDEX]]), VOCAB) == ["BAD"]
 
 
-def test_prediction_table_per_utterance_wer_and_kaldi_text():
+def test_prediction_table_per_utterance_wer_and_kaldi_text(tmp_path):
     kind = task_kind("transcription").with_labels(VOCAB)
     out = [{"ids": ["u1", "u2"], "hypotheses": ["CAT BAD", ""], "references": ["CAT BAT", "DAB"]}]
     header, rows = kind.prediction_table(out, VOCAB)
     assert header == ["id", "hypothesis", "reference", "wer"]
     assert rows == [["u1", "CAT BAD", "CAT BAT", 0.5], ["u2", "", "DAB", 1.0]]
-    assert kind.extra_prediction_files(header, rows) == {".text": "u1 CAT BAD\nu2\n"}
+    kind.write_prediction_files(out, tmp_path / "predictions.csv")
+    assert (tmp_path / "predictions.text").read_text() == "u1 CAT BAD\nu2\n"
     header, rows = kind.prediction_table([{"ids": ["u1"], "hypotheses": ["CAT"], "references": None}], VOCAB)
     assert header == ["id", "hypothesis"] and rows == [["u1", "CAT"]]
 

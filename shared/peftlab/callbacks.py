@@ -42,7 +42,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         predictions = gather_to_rank_zero(trainer, list(predictions))
         if predictions is None:
             return
-        pl_module.task.write_prediction_files(predictions, path.parent)  # e.g. segmentation masks
+        pl_module.task.write_prediction_files(predictions, path)  # e.g. segmentation masks, a Kaldi text file
         header, rows = pl_module.task.prediction_table(predictions, pl_module.label_names)
 
         def write(tmp: str) -> None:
@@ -52,8 +52,6 @@ class PredictionCSVWriter(BasePredictionWriter):
                 writer.writerows(rows)
 
         atomic_write(path, write)
-        for suffix, text in pl_module.task.extra_prediction_files(header, rows).items():  # e.g. a Kaldi text file
-            atomic_write(path.with_suffix(suffix), lambda p, text=text: Path(p).write_text(text))
         self.written_path = path
         source = f" of {trainer.ckpt_path}" if trainer.ckpt_path else ""
         pl_module.print(f"peftlab: {len(rows)} prediction row(s){source} written to {path}")

@@ -9,9 +9,6 @@ TASK_TYPES = ("binary", "multiclass", "multilabel", "regression", "token_classif
 #: task types whose head outputs one row per token (``[B, T, K]``; transcription: per encoder frame)
 PER_TOKEN_TASK_TYPES = ("token_classification", "token_regression", "transcription")
 
-#: task types whose head outputs one class score map per voxel (``[B, C, *spatial]``)
-DENSE_TASK_TYPES = ("segmentation",)
-
 IGNORE_INDEX = -100  # label value that losses and metrics skip (padding, special tokens)
 
 #: metric names (the part after ``val/`` / ``test/``) for which a smaller value is better

@@ -29,6 +29,7 @@ from peftlab.model.heads import TaskHead
 from peftlab.model.metrics import BinaryBalancedAccuracy
 from peftlab.model.transcription import (CTCHead, ctc_loss, greedy_decode, kaldi_text, references,
                                          split_head_output, utterance_wer)
+from peftlab.persistence.atomic import atomic_write
 from peftlab.tasks import IGNORE_INDEX, PER_TOKEN_TASK_TYPES, TASK_TYPES, check_task_type
 
 
@@ -66,9 +67,10 @@ class TaskKind:
         run the model otherwise, e.g. over sliding windows of whole volumes when not training."""
         return model(batch)
 
-    def write_prediction_files(self, outputs: list[dict[str, Any]], folder: Any) -> None:
-        """Files ``peftlab predict`` writes beside ``predictions.csv`` (in ``folder``) before its rows
-        are made: nothing, except for kinds whose predictions are not table rows (segmentation masks)."""
+    def write_prediction_files(self, outputs: list[dict[str, Any]], csv_path: Path) -> None:
+        """Files ``peftlab predict`` writes beside ``predictions.csv`` (``csv_path``), before its rows
+        are made: nothing, except for kinds with more to give than table rows (segmentation: one
+        mask per case in ``masks/``; transcription: a Kaldi ``text`` file)."""
 
     @property
     def per_token(self) -> bool:
@@ -118,11 +120,6 @@ class TaskKind:
             for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
                 rows.append([id_] + values + ([self.predicted(label_names, values)] if self.classifies else []))
         return header, rows
-
-    def extra_prediction_files(self, header: list[str], rows: list[list[Any]]) -> dict[str, str]:
-        """Further files ``predict`` writes beside ``predictions.csv``: ``{suffix: text}``, each
-        written to the CSV's path with that suffix (transcription: a Kaldi ``text`` file)."""
-        return {}
 
     classifies: bool = True  # predictions.csv gets a ``predicted`` label column
 
@@ -316,6 +313,7 @@ class Transcription(TaskKind):
     name, primary_metric, cacheable, classifies = "transcription", "wer", False, False
 
     def __init__(self, vocabulary: list[str] | None = None) -> None:
+        super().__init__()
         self.vocabulary = vocabulary
 
     def with_labels(self, label_names):
@@ -356,9 +354,11 @@ class Transcription(TaskKind):
                 rows.append([id_, hyp] + ([ref, utterance_wer(hyp, ref)] if with_refs else []))
         return header, rows
 
-    def extra_prediction_files(self, header, rows):
-        """The hypotheses as a Kaldi ``text`` file (``<id> <hypothesis>`` per line): ``predictions.text``."""
-        return {".text": kaldi_text([(row[0], row[1]) for row in rows])}
+    def write_prediction_files(self, outputs, csv_path):
+        """The hypotheses as a Kaldi ``text`` file (``<id> <hypothesis>`` per line), the CSV's path
+        with the suffix ``.text`` (``predictions.text``)."""
+        text = kaldi_text([pair for out in outputs for pair in zip(out["ids"], out["hypotheses"])])
+        atomic_write(Path(csv_path).with_suffix(".text"), lambda tmp: Path(tmp).write_text(text))
 
 
 class Segmentation(TaskKind):
@@ -436,8 +436,8 @@ class Segmentation(TaskKind):
                              for m, y in zip(masks, labels)]
         return out
 
-    def write_prediction_files(self, outputs, folder):
-        seg.write_masks(outputs, Path(folder) / "masks")
+    def write_prediction_files(self, outputs, csv_path):
+        seg.write_masks(outputs, Path(csv_path).parent / "masks")
 
     def prediction_table(self, outputs, label_names):
         """One row per case: ``id``, ``mask`` (the NIfTI file) and, when the data had labels,
@@ -474,11 +474,6 @@ def task_kind(task_type: str) -> TaskKind:
     if task_type not in TASK_KINDS:  # named in tasks.py but its kind not registered: a core bug
         raise ValueError(f"task_type {task_type!r} has no TaskKind registered; registered: {', '.join(TASK_KINDS)}")
     return TASK_KINDS[task_type]
-
-
-def primary_metric(task_type: str) -> str:
-    """The metric that selects checkpoints for this task type (without ``val/``)."""
-    return task_kind(task_type).primary_metric
 
 
 assert set(TASK_KINDS) == set(TASK_TYPES), "every task type in peftlab.tasks needs a TaskKind here"

@@ -158,6 +158,8 @@ class HFProteinEncoder(Backbone):
         self.model = model
         self.embed_dim = model.config.hidden_size
         self._create_mask = create_bidirectional_mask
+        alphabet = esm_alphabet()  # BOS and EOS are not content (the alphabet is built once, not per batch)
+        self._cls_idx, self._eos_idx = alphabet.cls_idx, alphabet.eos_idx
         self._reset_state()
 
     @staticmethod
@@ -195,8 +197,7 @@ class HFProteinEncoder(Backbone):
         tokens, config = batch["tokens"], self.model.config
         attend = tokens.ne(config.pad_token_id)
         x = self.model.embeddings(input_ids=tokens, attention_mask=attend.long())
-        alphabet = esm_alphabet()
-        content = attend & tokens.ne(alphabet.cls_idx) & tokens.ne(alphabet.eos_idx)
+        content = attend & tokens.ne(self._cls_idx) & tokens.ne(self._eos_idx)
         return x, attend, content
 
     def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:

@@ -15,13 +15,10 @@ from pathlib import Path
 
 from peftlab.data import DataError, UniqueIds, csv_dict_reader, existing_file, manifest_rows, open_text
 from peftlab_protein.data.per_residue import read_score_folder, read_score_lines
-from peftlab_protein.data.records import (ASCII_WHITESPACE, ID_COLUMNS, PathLike, ProteinRecord, check_unique,
-                                          make_record, row_id, split_from, target_columns)
+from peftlab_protein.data.records import (ASCII_WHITESPACE, ID_COLUMNS, Labels, PathLike, ProteinRecord,
+                                          check_unique, make_record, row_id, split_from, target_columns)
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa")
-
-#: ``id -> (raw target values, split)`` read from a labels file
-Labels = dict[str, tuple[list[str], str | None]]
 
 
 @dataclass

@@ -19,13 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftlab.data import DataError, open_text
-from peftlab_protein.data.records import ASCII_WHITESPACE, check_unique
+from peftlab_protein.data.records import ASCII_WHITESPACE, Labels, check_unique
 
 #: file-name prefix of a scores folder's per-protein files (CheZOD's)
 SCORE_FILE_PREFIX = "zscores"
-
-#: ``id -> (raw target values, split)``, as the other label readers give them
-Labels = dict[str, tuple[list[str], str | None]]
 
 
 def read_score_lines(path: Path) -> Labels:

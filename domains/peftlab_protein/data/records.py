@@ -43,6 +43,9 @@ _FALSE = frozenset({"false", "0", "no", ""})
 
 PathLike = str | os.PathLike
 
+#: ``id -> (raw target values, split)``: what every labels-file reader gives
+Labels = dict[str, tuple[list[str], str | None]]
+
 
 @dataclass
 class ProteinRecord:

@@ -14,7 +14,11 @@ module of one model a forward that computes the same thing through
 - the rotary embedding is fair-esm's own module, applied to ``(B*H, T, hd)``;
 - the key padding mask (True = padding) becomes SDPA's boolean mask
   (True = attend). Padded query rows attend to the real keys, as in fair-esm,
-  so their outputs match too.
+  so their outputs match too;
+- the block's feed-forward GELU is ``F.gelu`` (the same erf formula as
+  fair-esm's Python ``gelu``, as one kernel forward and backward): fair-esm's
+  four elementwise ops and the ``exp``/``pow`` of their backward cost as much
+  as the attention itself on a 512-token training step on the CPU.
 
 Whenever attention weights are asked for (``need_weights`` or
 ``need_head_weights``, e.g. ``return_contacts``), or for any input the fused
@@ -22,7 +26,7 @@ path does not cover (an additive ``attn_mask``, incremental state, bias_kv),
 the call goes to fair-esm's own forward. fair-esm's ``TransformerLayer``
 always asks its attention for weights and drops them unless
 ``need_head_weights``; the installed layer forward asks only when they are
-used.
+used (and then runs fair-esm's own block, so returned weights are exact).
 
 The patch is per instance (an instance attribute shadows the class's
 ``forward``), never on fair-esm's classes: two models with different settings
@@ -36,7 +40,7 @@ import types
 
 import torch
 import torch.nn.functional as F
-from esm.modules import TransformerLayer, gelu
+from esm.modules import TransformerLayer
 from esm.multihead_attention import MultiheadAttention
 from torch import Tensor, nn
 
@@ -69,7 +73,10 @@ def install_attention(model: nn.Module, mode: str) -> None:
 
 
 def _layer_forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
-    """fair-esm ``TransformerLayer.forward``, asking for attention weights only when they are returned."""
+    """fair-esm ``TransformerLayer.forward``, asking for attention weights only when they are returned, with
+    its GELU as one kernel. When weights are returned the whole block is fair-esm's own, to the bit."""
+    if need_head_weights:
+        return TransformerLayer.forward(self, x, self_attn_mask, self_attn_padding_mask, need_head_weights=True)
     residual = x
     x = self.self_attn_layer_norm(x)
     x, attn = self.self_attn(query=x, key=x, value=x, key_padding_mask=self_attn_padding_mask,
@@ -78,7 +85,7 @@ def _layer_forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, ne
     x = residual + x
     residual = x
     x = self.final_layer_norm(x)
-    x = self.fc2(gelu(self.fc1(x)))
+    x = self.fc2(F.gelu(self.fc1(x)))  # fair-esm's erf formula as one kernel (and one backward kernel)
     return residual + x, attn
 
 

@@ -136,6 +136,24 @@ def test_beam_search_without_lexicon_agrees_with_greedy_and_a_lexicon_corrects_a
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("CAT C A T |\nBAT B A T |\n")
     assert BeamSearchDecoder(VOCAB, lexicon=str(lexicon), beam_size=20)(scores, frames) == ["CAT"]
+    # the same decoders through the task kind's options (task_options of a run, stored with the adapter)
+    batch = {"labels": torch.tensor([[4, 2, 6]]), "ids": ["u1"]}
+    scores_with_frames = torch.cat([scores, torch.ones(1, 7, 1)], -1)
+    greedy = task_kind("transcription").with_options({}).with_labels(VOCAB)
+    beam = task_kind("transcription").with_options({"decoder": "beam", "lexicon": str(lexicon),
+                                                     "beam_size": 20}).with_labels(VOCAB)
+    assert greedy.loss_and_predictions(scores_with_frames, batch)[1] == ["CAD"]
+    assert beam.loss_and_predictions(scores_with_frames, batch)[1] == ["CAT"]
+    assert beam.predict_output(scores_with_frames, {"ids": ["u1"]})["hypotheses"] == ["CAT"]
+
+
+def test_decoder_options_are_checked():
+    with pytest.raises(ValueError, match="decoder must be one of greedy, beam, got 'viterbi'"):
+        task_kind("transcription").with_options({"decoder": "viterbi"})
+    with pytest.raises(ValueError, match="lexicon need decoder: beam"):
+        task_kind("transcription").with_options({"lexicon": "words.txt"})
+    with pytest.raises(ValueError, match="has no option.*beam_width; its options: decoder, beam_size"):
+        task_kind("transcription").with_options({"beam_width": 5})
 
 
 def test_beam_search_without_flashlight_says_which_package_is_missing(monkeypatch):

@@ -27,8 +27,8 @@ from peftlab.data.transcripts import BLANK
 from peftlab.model import segmentation as seg
 from peftlab.model.heads import TaskHead
 from peftlab.model.metrics import BinaryBalancedAccuracy
-from peftlab.model.transcription import (CTCHead, ctc_loss, greedy_decode, kaldi_text, references,
-                                         split_head_output, utterance_wer)
+from peftlab.model.transcription import (BeamSearchDecoder, CTCHead, ctc_loss, greedy_decode, kaldi_text,
+                                         references, split_head_output, utterance_wer)
 from peftlab.persistence.atomic import atomic_write
 from peftlab.tasks import IGNORE_INDEX, PER_TOKEN_TASK_TYPES, TASK_TYPES, check_task_type
 
@@ -307,20 +307,51 @@ class TokenRegression(TaskKind):
 class Transcription(TaskKind):
     """Speech recognition with CTC (:mod:`peftlab.model.transcription`): a frame-level head
     over the character vocabulary (the label names: ``<blank>``, ``|``, the characters),
-    greedy decoding, word and character error rates. ``head_hidden_dim`` gives SUPERB's
-    2-layer BiLSTM downstream (units per direction); ``pooling`` is not used."""
+    word and character error rates. ``head_hidden_dim`` gives SUPERB's 2-layer BiLSTM
+    downstream (units per direction); ``pooling`` is not used.
+
+    Options (``task_options``, stored with the adapter): ``decoder`` ``greedy`` (default) or
+    ``beam`` (torchaudio's flashlight CTC beam search, :class:`~peftlab.model.transcription.BeamSearchDecoder`)
+    for validation, test and predict alike, so the checkpoint is selected on the WER the test
+    reports; ``beam_size``, ``lexicon`` (a ``word c h a r s |`` file restricting the output to its
+    words), ``lm`` (a KenLM binary or ARPA file), ``lm_weight`` and ``word_score`` apply to ``beam``."""
 
     name, primary_metric, cacheable, classifies = "transcription", "wer", False, False
+    DECODERS = ("greedy", "beam")
+    default_options = {"decoder": "greedy", "beam_size": 50, "lexicon": None, "lm": None, "lm_weight": 2.0,
+                       "word_score": 0.0}
 
-    def __init__(self, vocabulary: list[str] | None = None) -> None:
-        super().__init__()
+    def __init__(self, vocabulary: list[str] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["decoder"] not in self.DECODERS:
+            raise ValueError(f"transcription decoder must be one of {', '.join(self.DECODERS)}, "
+                             f"got {self.options['decoder']!r}")
+        beam_only = [k for k in ("lexicon", "lm") if self.options[k] is not None]
+        if beam_only and self.options["decoder"] != "beam":
+            raise ValueError(f"transcription option(s) {', '.join(beam_only)} need decoder: beam (greedy decoding "
+                             "uses no lexicon or language model)")
         self.vocabulary = vocabulary
+        self._beam: BeamSearchDecoder | None = None  # built on first use (it loads the lexicon and LM)
+
+    def with_options(self, options):
+        return Transcription(self.vocabulary, **options) if options else self
 
     def with_labels(self, label_names):
         if not label_names or label_names[0] != BLANK:
             raise ValueError(f"task_type transcription needs label_names: the character vocabulary, {BLANK!r} "
                              f"first (a transcription DataModule gives it), got {label_names!r}")
-        return Transcription(list(label_names))
+        return Transcription(list(label_names), **self.options)
+
+    def decode(self, scores: Tensor, frames: Tensor) -> list[str]:
+        """The hypotheses of a batch of head scores, with the configured decoder."""
+        if self.options["decoder"] == "greedy":
+            return greedy_decode(scores, frames, self.vocabulary)
+        if self._beam is None:
+            o = self.options
+            self._beam = BeamSearchDecoder(self.vocabulary, lexicon=o["lexicon"], lm=o["lm"],
+                                           beam_size=o["beam_size"], lm_weight=o["lm_weight"],
+                                           word_score=o["word_score"])
+        return self._beam(scores, frames)
 
     def build_head(self, backbone, num_outputs, *, pooling="mean", hidden_dim=None, dropout=0.1,
                    weighted_layers=None, pair_combination=None):
@@ -335,12 +366,12 @@ class Transcription(TaskKind):
     def loss_and_predictions(self, logits, batch):
         scores, frames = split_head_output(logits)
         loss = ctc_loss(scores, frames, batch["labels"], batch["ids"])
-        return loss, greedy_decode(scores, frames, self.vocabulary), references(batch["labels"], self.vocabulary)
+        return loss, self.decode(scores, frames), references(batch["labels"], self.vocabulary)
 
     def predict_output(self, logits, batch):
         scores, frames = split_head_output(logits)
         refs = references(batch["labels"], self.vocabulary) if "labels" in batch else None
-        return {"ids": batch["ids"], "hypotheses": greedy_decode(scores, frames, self.vocabulary),
+        return {"ids": batch["ids"], "hypotheses": self.decode(scores, frames),
                 "references": refs}
 
     def prediction_table(self, outputs, label_names):

@@ -1,4 +1,4 @@
-"""What the ``segmentation`` task kind (:class:`peftlab.model.task_kinds.Segmentation`) runs on:
+"""The ``segmentation`` task kind (:class:`Segmentation`, at the end) and what it runs on:
 Dice / HD95 scores per case and class, the loss, whole-volume sliding-window
 inference and the NIfTI masks ``peftlab predict`` writes.
 
@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 import torchmetrics as tm
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.utilities import dim_zero_cat
+
+from peftlab.model.task_kind_base import TaskKind
 
 #: the loss names ``task_options.loss`` accepts -> MONAI class names
 LOSSES = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "dice_focal": "DiceFocalLoss"}
@@ -150,3 +152,97 @@ def write_masks(outputs: list[dict[str, Any]], folder: Path) -> None:
             arr = mask.cpu().numpy().astype(np.uint8)
             nib.save(nib.Nifti1Image(arr, None if affine is None else np.asarray(affine, dtype=np.float64)), path)
             out["masks_written"].append(str(path))
+
+
+# ---- the task kind ----------------------------------------------------------------------------------
+
+class Segmentation(TaskKind):
+    """One class per voxel (or pixel): logits ``[B, C, *spatial]``, labels ``[B, 1, *spatial]`` class
+    indices (background 0). Loss: a MONAI Dice loss (``dice_ce`` by default); metrics: MONAI's Dice and
+    HD95 per class (background first) and over the foreground classes (primary: ``dice``), see
+    :mod:`peftlab.model.segmentation`. Training runs the model on the crops it is given; validation,
+    test and predict run it over whole volumes in sliding windows of ``roi_size`` (default: the
+    backbone's ``input_size``). The head is the backbone's own decoder (``segmentation_head``).
+
+    Options (``task_options``): ``roi_size``, ``overlap``, ``sw_batch_size``, ``blend`` (``gaussian``
+    or ``constant``), ``loss`` (``dice_ce``, ``dice``, ``dice_focal``), ``lambda_dice``, ``lambda_other``
+    (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``batch_dice`` (the
+    Dice term over the whole batch, see :func:`peftlab.model.segmentation.build_loss`), ``hd95`` (compute
+    HD95; off saves time on large volumes)."""
+
+    name, primary_metric, cacheable = "segmentation", "dice", False
+    default_options = {"roi_size": None, "overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian",
+                       "loss": "dice_ce", "lambda_dice": 1.0, "lambda_other": 1.0, "loss_background": True,
+                       "batch_dice": True, "hd95": True}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["loss"] not in LOSSES:
+            raise ValueError(f"segmentation loss must be one of {', '.join(LOSSES)}, got {self.options['loss']!r}")
+        self._loss: nn.Module | None = None  # built on first use: MONAI is imported only by segmentation runs
+
+    @property
+    def loss(self) -> nn.Module:
+        if self._loss is None:
+            o = self.options
+            self._loss = build_loss(o["loss"], o["loss_background"], o["lambda_dice"], o["lambda_other"],
+                                        o["batch_dice"])
+        return self._loss
+
+    def build_head(self, backbone, num_outputs, **_):
+        if not hasattr(backbone, "segmentation_head"):
+            raise ValueError(f"task_type segmentation needs a backbone with a segmentation decoder "
+                             f"(segmentation_head), which {backbone.name} has not; e.g. "
+                             f"peftlab_medical.MonaiUNETRBackbone")
+        return backbone.segmentation_head(num_outputs)
+
+    def build_metrics(self, num_outputs):
+        return tm.MetricCollection({"dice": SegmentationScores(num_outputs, hd95=self.options["hd95"])},
+                                   compute_groups=False)
+
+    def infer(self, model, batch):
+        roi = self.options["roi_size"] or getattr(getattr(model, "backbone", None), "input_size", None)
+        if model.training or roi is None:
+            return model(batch)
+        o = self.options
+        return sliding_window_logits(model, batch["images"], list(roi), o["overlap"], o["sw_batch_size"],
+                                         o["blend"])
+
+    def loss_and_predictions(self, logits, batch):
+        labels, shapes = batch["labels"].long(), batch.get("shapes")
+        if labels.ndim == logits.ndim - 1:
+            labels = labels.unsqueeze(1)
+        if shapes is None:
+            return self.loss(logits, labels), logits.argmax(1), labels[:, 0]
+        z, y = cases(logits, shapes), cases(labels, shapes)  # whole volumes, each its own size
+        loss = torch.stack([self.loss(zi[None], yi[None]) for zi, yi in zip(z, y)]).mean()
+        return loss, [zi.argmax(0) for zi in z], [yi[0] for yi in y]
+
+    def scores(self, logits):
+        return logits.float().softmax(1)
+
+    def predict_output(self, logits, batch):
+        masks = cases(logits.argmax(1), batch.get("shapes"))
+        out = {"ids": batch["ids"], "masks": [m.to(torch.uint8).cpu() for m in masks],
+               "affines": list(batch["affines"].cpu()) if "affines" in batch else [None] * len(masks)}
+        if "labels" in batch:
+            labels = cases(batch["labels"].long().reshape(logits.shape[:1] + logits.shape[2:]), batch.get("shapes"))
+            out["scores"] = [case_scores(m, y, logits.shape[1], self.options["hd95"])
+                             for m, y in zip(masks, labels)]
+        return out
+
+    def write_prediction_files(self, outputs, csv_path):
+        write_masks(outputs, Path(csv_path).parent / "masks")
+
+    def prediction_table(self, outputs, label_names):
+        """One row per case: ``id``, ``mask`` (the NIfTI file) and, when the data had labels,
+        ``dice/<class>`` and ``hd95/<class>`` for every class, background first."""
+        header, rows = ["id", "mask"], []
+        for out in outputs:
+            n = len(out["scores"][0][0]) if out.get("scores") else 0
+            names = [str(c) for c in label_names] if label_names and len(label_names) == n else list(map(str, range(n)))
+            header = ["id", "mask"] + [f"{m}/{c}" for m in ("dice", "hd95") for c in names]
+            for i, id_ in enumerate(out["ids"]):
+                values = out["scores"][i].flatten().tolist() if out.get("scores") else []
+                rows.append([id_, out.get("masks_written", [""] * len(out["ids"]))[i]] + values)
+        return header, rows

@@ -1,139 +1,31 @@
 """One class per task type: what the model needs to know about it.
 
-A :class:`TaskKind` builds the head on the backbone's features, the metric
-set, the loss (with the metric inputs) for a batch, the scores ``peftlab
-predict`` returns and the rows of ``predictions.csv``. :class:`PeftModule`
-asks the kind of its ``task_type`` for each of these, so a new task type
-(segmentation, transcription, per-residue regression...) is one subclass
-registered here plus its name in :data:`peftlab.tasks.TASK_TYPES`, and the
-module, the sweep and the prediction writer need no change.
-
-Why our own small class: Lightning has no notion of a task type and
-torchmetrics only supplies the metrics; the table of what each type needs lives
-somewhere, and a class per type keeps each type's choices together.
+A :class:`~peftlab.model.task_kind_base.TaskKind` builds the head on the
+backbone's features, the metric set, the loss (with the metric inputs) for a
+batch, the scores ``peftlab predict`` returns and the rows of
+``predictions.csv``. :class:`PeftModule` asks the kind of its ``task_type`` for
+each of these, so a new task type is one subclass registered here plus its name
+in :data:`peftlab.tasks.TASK_TYPES`, and the module, the sweep and the
+prediction writer need no change. The sequence- and token-level kinds are
+here; transcription's and segmentation's live beside their task's code
+(:mod:`peftlab.model.transcription`, :mod:`peftlab.model.segmentation`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchmetrics as tm
-from torch import Tensor, nn
 
-from peftlab.data.transcripts import BLANK
-from peftlab.model import segmentation as seg
-from peftlab.model.heads import TaskHead
 from peftlab.model.metrics import BinaryBalancedAccuracy
-from peftlab.model.transcription import (BeamSearchDecoder, CTCHead, ctc_loss, greedy_decode, kaldi_text,
-                                         references, split_head_output, utterance_wer)
-from peftlab.persistence.atomic import atomic_write
-from peftlab.tasks import IGNORE_INDEX, PER_TOKEN_TASK_TYPES, TASK_TYPES, check_task_type
+from peftlab.model.segmentation import Segmentation
+from peftlab.model.task_kind_base import TaskKind
+from peftlab.model.transcription import Transcription
+from peftlab.tasks import IGNORE_INDEX, TASK_TYPES, check_task_type
 
-
-class TaskKind:
-    """What a task type needs from the model. Subclasses set :attr:`name` and
-    :attr:`primary_metric` and override what differs from a sequence-level task.
-
-    Attributes:
-        name: the ``task_type`` string of configs and adapters.
-        primary_metric: the metric (without ``val/``) that selects checkpoints
-            and fills paper tables.
-        cacheable: frozen features may be cached per example
-            (``cache_frozen_features``).
-    """
-
-    name: str = ""
-    primary_metric: str = ""
-    cacheable: bool = True
-    #: the options a run may set (``PeftModule(task_options=...)``) and their defaults
-    default_options: dict[str, Any] = {}
-
-    def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.default_options))
-        if unknown:
-            known = ", ".join(self.default_options) or "none"
-            raise ValueError(f"task_type {self.name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
-        self.options = {**self.default_options, **options}
-
-    def with_options(self, options: dict[str, Any] | None) -> "TaskKind":
-        """This kind with a run's ``task_options`` set (a new instance; the registered one stays as it is)."""
-        return type(self)(**options) if options else self
-
-    def infer(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        """The logits of a batch (training, validation, test and predict): ``model(batch)``; a kind may
-        run the model otherwise, e.g. over sliding windows of whole volumes when not training."""
-        return model(batch)
-
-    def write_prediction_files(self, outputs: list[dict[str, Any]], csv_path: Path) -> None:
-        """Files ``peftlab predict`` writes beside ``predictions.csv`` (``csv_path``), before its rows
-        are made: nothing, except for kinds with more to give than table rows (segmentation: one
-        mask per case in ``masks/``; transcription: a Kaldi ``text`` file)."""
-
-    @property
-    def per_token(self) -> bool:
-        """The head outputs one row per token (``[B, T, K]``)."""
-        return self.name in PER_TOKEN_TASK_TYPES
-
-    def build_head(self, backbone: Any, num_outputs: int, *, pooling: str = "mean", hidden_dim: int | None = None,
-                   dropout: float = 0.1, weighted_layers: int | None = None,
-                   pair_combination: str | None = None) -> nn.Module:
-        """The trainable head on the backbone's :class:`~peftlab.backbone.Features`
-        (``pair_combination``: the batch holds pairs, see :class:`~peftlab.model.heads.TaskHead`)."""
-        return TaskHead(backbone.embed_dim, self.name, num_outputs, pooling, hidden_dim, dropout,
-                        weighted_layers=weighted_layers, pair_combination=pair_combination)
-
-    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
-        """The metrics logged for validation and test (vector-valued ones become one scalar per entry)."""
-        raise NotImplementedError
-
-    def with_labels(self, label_names: list[str] | None) -> TaskKind:
-        """The kind a model with these label names uses (PeftModule asks once): itself, unless
-        the kind needs the names to compute its outputs (transcription decodes with them)."""
-        return self
-
-    def loss_and_predictions(self, logits: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        """``(loss, metric_preds, metric_target)`` for one batch (labels in ``batch["labels"]``)."""
-        raise NotImplementedError
-
-    def scores(self, logits: Tensor) -> Tensor:
-        """What ``predict`` returns per example: probabilities, or values for regression."""
-        return logits.float()
-
-    def predict_output(self, logits: Tensor, batch: dict[str, Any]) -> dict[str, Any]:
-        """One predict batch's output, for :meth:`prediction_table` (and gathered across processes)."""
-        return {"ids": batch["ids"], "scores": self.scores(logits)}
-
-    def prediction_table(self, outputs: list[dict[str, Any]],
-                         label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
-        """``(header, rows)`` of ``predictions.csv``: ``id``, one column per output
-        score (class names, ``probability`` for binary, ``prediction`` for a
-        single regression output) and, for classification, ``predicted``."""
-        header: list[str] = ["id"]
-        rows: list[list[Any]] = []
-        for out in outputs:
-            scores = out["scores"]
-            width = scores.shape[-1] if scores.ndim > 1 else 1
-            header = ["id"] + self.score_columns(label_names, width) + (["predicted"] if self.classifies else [])
-            for id_, values in zip(out["ids"], scores.reshape(len(out["ids"]), -1).tolist()):
-                rows.append([id_] + values + ([self.predicted(label_names, values)] if self.classifies else []))
-        return header, rows
-
-    classifies: bool = True  # predictions.csv gets a ``predicted`` label column
-
-    single_score_column = "output_0"  # the column of a one-score task without label names
-
-    def score_columns(self, names: list[str] | None, width: int) -> list[str]:
-        if names and len(names) == width:
-            return [str(n) for n in names]
-        return [self.single_score_column] if width == 1 else [f"output_{k}" for k in range(width)]
-
-    def predicted(self, names: list[str] | None, values: list[float]) -> Any:
-        """The predicted label of one row of scores: the class name of the argmax."""
-        best = max(range(len(values)), key=values.__getitem__)
-        return str(names[best]) if names and len(names) == len(values) else best
+__all__ = ["TASK_KINDS", "TaskKind", "register_task_kind", "task_kind"]
 
 
 class Regression(TaskKind):
@@ -302,186 +194,6 @@ class TokenRegression(TaskKind):
     def prediction_table(self, outputs, label_names):
         """One row per scored token: ``id``, ``position``, the prediction(s)."""
         return per_token_table(self, outputs, label_names)
-
-
-class Transcription(TaskKind):
-    """Speech recognition with CTC (:mod:`peftlab.model.transcription`): a frame-level head
-    over the character vocabulary (the label names: ``<blank>``, ``|``, the characters),
-    word and character error rates. ``head_hidden_dim`` gives SUPERB's 2-layer BiLSTM
-    downstream (units per direction); ``pooling`` is not used.
-
-    Options (``task_options``, stored with the adapter): ``decoder`` ``greedy`` (default) or
-    ``beam`` (torchaudio's flashlight CTC beam search, :class:`~peftlab.model.transcription.BeamSearchDecoder`)
-    for validation, test and predict alike, so the checkpoint is selected on the WER the test
-    reports; ``beam_size``, ``lexicon`` (a ``word c h a r s |`` file restricting the output to its
-    words), ``lm`` (a KenLM binary or ARPA file), ``lm_weight`` and ``word_score`` apply to ``beam``."""
-
-    name, primary_metric, cacheable, classifies = "transcription", "wer", False, False
-    DECODERS = ("greedy", "beam")
-    default_options = {"decoder": "greedy", "beam_size": 50, "lexicon": None, "lm": None, "lm_weight": 2.0,
-                       "word_score": 0.0}
-
-    def __init__(self, vocabulary: list[str] | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        if self.options["decoder"] not in self.DECODERS:
-            raise ValueError(f"transcription decoder must be one of {', '.join(self.DECODERS)}, "
-                             f"got {self.options['decoder']!r}")
-        beam_only = [k for k in ("lexicon", "lm") if self.options[k] is not None]
-        if beam_only and self.options["decoder"] != "beam":
-            raise ValueError(f"transcription option(s) {', '.join(beam_only)} need decoder: beam (greedy decoding "
-                             "uses no lexicon or language model)")
-        self.vocabulary = vocabulary
-        self._beam: BeamSearchDecoder | None = None  # built on first use (it loads the lexicon and LM)
-
-    def with_options(self, options):
-        return Transcription(self.vocabulary, **options) if options else self
-
-    def with_labels(self, label_names):
-        if not label_names or label_names[0] != BLANK:
-            raise ValueError(f"task_type transcription needs label_names: the character vocabulary, {BLANK!r} "
-                             f"first (a transcription DataModule gives it), got {label_names!r}")
-        return Transcription(list(label_names), **self.options)
-
-    def decode(self, scores: Tensor, frames: Tensor) -> list[str]:
-        """The hypotheses of a batch of head scores, with the configured decoder."""
-        if self.options["decoder"] == "greedy":
-            return greedy_decode(scores, frames, self.vocabulary)
-        if self._beam is None:
-            o = self.options
-            self._beam = BeamSearchDecoder(self.vocabulary, lexicon=o["lexicon"], lm=o["lm"],
-                                           beam_size=o["beam_size"], lm_weight=o["lm_weight"],
-                                           word_score=o["word_score"])
-        return self._beam(scores, frames)
-
-    def build_head(self, backbone, num_outputs, *, pooling="mean", hidden_dim=None, dropout=0.1,
-                   weighted_layers=None, pair_combination=None):
-        if pair_combination is not None:
-            raise ValueError("transcription takes one utterance per example, not pairs")
-        return CTCHead(backbone.embed_dim, num_outputs, hidden_dim, dropout, weighted_layers)
-
-    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
-        return tm.MetricCollection({"wer": tm.text.WordErrorRate(), "cer": tm.text.CharErrorRate()},
-                                   compute_groups=False)
-
-    def loss_and_predictions(self, logits, batch):
-        scores, frames = split_head_output(logits)
-        loss = ctc_loss(scores, frames, batch["labels"], batch["ids"])
-        return loss, self.decode(scores, frames), references(batch["labels"], self.vocabulary)
-
-    def predict_output(self, logits, batch):
-        scores, frames = split_head_output(logits)
-        refs = references(batch["labels"], self.vocabulary) if "labels" in batch else None
-        return {"ids": batch["ids"], "hypotheses": self.decode(scores, frames),
-                "references": refs}
-
-    def prediction_table(self, outputs, label_names):
-        """``id``, ``hypothesis`` and, when the data has transcripts, ``reference`` and the utterance's ``wer``."""
-        with_refs = all(out.get("references") is not None for out in outputs)
-        header = ["id", "hypothesis"] + (["reference", "wer"] if with_refs else [])
-        rows: list[list[Any]] = []
-        for out in outputs:
-            for i, (id_, hyp) in enumerate(zip(out["ids"], out["hypotheses"])):
-                ref = out["references"][i] if with_refs else None
-                rows.append([id_, hyp] + ([ref, utterance_wer(hyp, ref)] if with_refs else []))
-        return header, rows
-
-    def write_prediction_files(self, outputs, csv_path):
-        """The hypotheses as a Kaldi ``text`` file (``<id> <hypothesis>`` per line), the CSV's path
-        with the suffix ``.text`` (``predictions.text``)."""
-        text = kaldi_text([pair for out in outputs for pair in zip(out["ids"], out["hypotheses"])])
-        atomic_write(Path(csv_path).with_suffix(".text"), lambda tmp: Path(tmp).write_text(text))
-
-
-class Segmentation(TaskKind):
-    """One class per voxel (or pixel): logits ``[B, C, *spatial]``, labels ``[B, 1, *spatial]`` class
-    indices (background 0). Loss: a MONAI Dice loss (``dice_ce`` by default); metrics: MONAI's Dice and
-    HD95 per class (background first) and over the foreground classes (primary: ``dice``), see
-    :mod:`peftlab.model.segmentation`. Training runs the model on the crops it is given; validation,
-    test and predict run it over whole volumes in sliding windows of ``roi_size`` (default: the
-    backbone's ``input_size``). The head is the backbone's own decoder (``segmentation_head``).
-
-    Options (``task_options``): ``roi_size``, ``overlap``, ``sw_batch_size``, ``blend`` (``gaussian``
-    or ``constant``), ``loss`` (``dice_ce``, ``dice``, ``dice_focal``), ``lambda_dice``, ``lambda_other``
-    (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``batch_dice`` (the
-    Dice term over the whole batch, see :func:`peftlab.model.segmentation.build_loss`), ``hd95`` (compute
-    HD95; off saves time on large volumes)."""
-
-    name, primary_metric, cacheable = "segmentation", "dice", False
-    default_options = {"roi_size": None, "overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian",
-                       "loss": "dice_ce", "lambda_dice": 1.0, "lambda_other": 1.0, "loss_background": True,
-                       "batch_dice": True, "hd95": True}
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        if self.options["loss"] not in seg.LOSSES:
-            raise ValueError(f"segmentation loss must be one of {', '.join(seg.LOSSES)}, got {self.options['loss']!r}")
-        self._loss: nn.Module | None = None  # built on first use: MONAI is imported only by segmentation runs
-
-    @property
-    def loss(self) -> nn.Module:
-        if self._loss is None:
-            o = self.options
-            self._loss = seg.build_loss(o["loss"], o["loss_background"], o["lambda_dice"], o["lambda_other"],
-                                        o["batch_dice"])
-        return self._loss
-
-    def build_head(self, backbone, num_outputs, **_):
-        if not hasattr(backbone, "segmentation_head"):
-            raise ValueError(f"task_type segmentation needs a backbone with a segmentation decoder "
-                             f"(segmentation_head), which {backbone.name} has not; e.g. "
-                             f"peftlab_medical.MonaiUNETRBackbone")
-        return backbone.segmentation_head(num_outputs)
-
-    def build_metrics(self, num_outputs):
-        return tm.MetricCollection({"dice": seg.SegmentationScores(num_outputs, hd95=self.options["hd95"])},
-                                   compute_groups=False)
-
-    def infer(self, model, batch):
-        roi = self.options["roi_size"] or getattr(getattr(model, "backbone", None), "input_size", None)
-        if model.training or roi is None:
-            return model(batch)
-        o = self.options
-        return seg.sliding_window_logits(model, batch["images"], list(roi), o["overlap"], o["sw_batch_size"],
-                                         o["blend"])
-
-    def loss_and_predictions(self, logits, batch):
-        labels, shapes = batch["labels"].long(), batch.get("shapes")
-        if labels.ndim == logits.ndim - 1:
-            labels = labels.unsqueeze(1)
-        if shapes is None:
-            return self.loss(logits, labels), logits.argmax(1), labels[:, 0]
-        z, y = seg.cases(logits, shapes), seg.cases(labels, shapes)  # whole volumes, each its own size
-        loss = torch.stack([self.loss(zi[None], yi[None]) for zi, yi in zip(z, y)]).mean()
-        return loss, [zi.argmax(0) for zi in z], [yi[0] for yi in y]
-
-    def scores(self, logits):
-        return logits.float().softmax(1)
-
-    def predict_output(self, logits, batch):
-        masks = seg.cases(logits.argmax(1), batch.get("shapes"))
-        out = {"ids": batch["ids"], "masks": [m.to(torch.uint8).cpu() for m in masks],
-               "affines": list(batch["affines"].cpu()) if "affines" in batch else [None] * len(masks)}
-        if "labels" in batch:
-            labels = seg.cases(batch["labels"].long().reshape(logits.shape[:1] + logits.shape[2:]), batch.get("shapes"))
-            out["scores"] = [seg.case_scores(m, y, logits.shape[1], self.options["hd95"])
-                             for m, y in zip(masks, labels)]
-        return out
-
-    def write_prediction_files(self, outputs, csv_path):
-        seg.write_masks(outputs, Path(csv_path).parent / "masks")
-
-    def prediction_table(self, outputs, label_names):
-        """One row per case: ``id``, ``mask`` (the NIfTI file) and, when the data had labels,
-        ``dice/<class>`` and ``hd95/<class>`` for every class, background first."""
-        header, rows = ["id", "mask"], []
-        for out in outputs:
-            n = len(out["scores"][0][0]) if out.get("scores") else 0
-            names = [str(c) for c in label_names] if label_names and len(label_names) == n else list(map(str, range(n)))
-            header = ["id", "mask"] + [f"{m}/{c}" for m in ("dice", "hd95") for c in names]
-            for i, id_ in enumerate(out["ids"]):
-                values = out["scores"][i].flatten().tolist() if out.get("scores") else []
-                rows.append([id_, out.get("masks_written", [""] * len(out["ids"]))[i]] + values)
-        return header, rows
 
 
 TASK_KINDS: dict[str, TaskKind] = {}

@@ -1,6 +1,6 @@
 """Speech recognition with CTC: the head over an encoder's frame features, the
-loss, and decoding frame scores into text (the ``transcription`` task's parts;
-its :class:`~peftlab.model.task_kinds.TaskKind` is ``Transcription``).
+loss, and decoding frame scores into text, and the ``transcription`` task kind
+(:class:`Transcription`, at the end) that puts them together.
 
 * :class:`CTCHead`: the frame features (the last layer's, or SUPERB's learned
   layer-weighted sum) through dropout, an optional 2-layer BiLSTM (SUPERB's
@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchmetrics as tm
 from torch import Tensor, nn
 
 from peftlab.backbone import Features
 from peftlab.data.transcripts import BLANK, WORD_BOUNDARY, ctc_frames_needed
 from peftlab.errors import DataError
 from peftlab.model.heads import LayerWeightedSum
+from peftlab.model.task_kind_base import TaskKind
+from peftlab.persistence.atomic import atomic_write
 from peftlab.tasks import IGNORE_INDEX
 
 
@@ -182,3 +186,93 @@ def utterance_wer(hypothesis: str, reference: str) -> float:
 def kaldi_text(rows: Sequence[tuple[Any, str]]) -> str:
     """A Kaldi ``text`` file: ``<utterance id> <transcript>`` per line."""
     return "".join(f"{id_} {text}".rstrip() + "\n" for id_, text in rows)
+
+
+# ---- the task kind ----------------------------------------------------------------------------------
+
+class Transcription(TaskKind):
+    """Speech recognition with CTC (:mod:`peftlab.model.transcription`): a frame-level head
+    over the character vocabulary (the label names: ``<blank>``, ``|``, the characters),
+    word and character error rates. ``head_hidden_dim`` gives SUPERB's 2-layer BiLSTM
+    downstream (units per direction); ``pooling`` is not used.
+
+    Options (``task_options``, stored with the adapter): ``decoder`` ``greedy`` (default) or
+    ``beam`` (torchaudio's flashlight CTC beam search, :class:`~peftlab.model.transcription.BeamSearchDecoder`)
+    for validation, test and predict alike, so the checkpoint is selected on the WER the test
+    reports; ``beam_size``, ``lexicon`` (a ``word c h a r s |`` file restricting the output to its
+    words), ``lm`` (a KenLM binary or ARPA file), ``lm_weight`` and ``word_score`` apply to ``beam``."""
+
+    name, primary_metric, cacheable, classifies = "transcription", "wer", False, False
+    DECODERS = ("greedy", "beam")
+    default_options = {"decoder": "greedy", "beam_size": 50, "lexicon": None, "lm": None, "lm_weight": 2.0,
+                       "word_score": 0.0}
+
+    def __init__(self, vocabulary: list[str] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        if self.options["decoder"] not in self.DECODERS:
+            raise ValueError(f"transcription decoder must be one of {', '.join(self.DECODERS)}, "
+                             f"got {self.options['decoder']!r}")
+        beam_only = [k for k in ("lexicon", "lm") if self.options[k] is not None]
+        if beam_only and self.options["decoder"] != "beam":
+            raise ValueError(f"transcription option(s) {', '.join(beam_only)} need decoder: beam (greedy decoding "
+                             "uses no lexicon or language model)")
+        self.vocabulary = vocabulary
+        self._beam: BeamSearchDecoder | None = None  # built on first use (it loads the lexicon and LM)
+
+    def with_options(self, options):
+        return Transcription(self.vocabulary, **options) if options else self
+
+    def with_labels(self, label_names):
+        if not label_names or label_names[0] != BLANK:
+            raise ValueError(f"task_type transcription needs label_names: the character vocabulary, {BLANK!r} "
+                             f"first (a transcription DataModule gives it), got {label_names!r}")
+        return Transcription(list(label_names), **self.options)
+
+    def decode(self, scores: Tensor, frames: Tensor) -> list[str]:
+        """The hypotheses of a batch of head scores, with the configured decoder."""
+        if self.options["decoder"] == "greedy":
+            return greedy_decode(scores, frames, self.vocabulary)
+        if self._beam is None:
+            o = self.options
+            self._beam = BeamSearchDecoder(self.vocabulary, lexicon=o["lexicon"], lm=o["lm"],
+                                           beam_size=o["beam_size"], lm_weight=o["lm_weight"],
+                                           word_score=o["word_score"])
+        return self._beam(scores, frames)
+
+    def build_head(self, backbone, num_outputs, *, pooling="mean", hidden_dim=None, dropout=0.1,
+                   weighted_layers=None, pair_combination=None):
+        if pair_combination is not None:
+            raise ValueError("transcription takes one utterance per example, not pairs")
+        return CTCHead(backbone.embed_dim, num_outputs, hidden_dim, dropout, weighted_layers)
+
+    def build_metrics(self, num_outputs: int) -> tm.MetricCollection:
+        return tm.MetricCollection({"wer": tm.text.WordErrorRate(), "cer": tm.text.CharErrorRate()},
+                                   compute_groups=False)
+
+    def loss_and_predictions(self, logits, batch):
+        scores, frames = split_head_output(logits)
+        loss = ctc_loss(scores, frames, batch["labels"], batch["ids"])
+        return loss, self.decode(scores, frames), references(batch["labels"], self.vocabulary)
+
+    def predict_output(self, logits, batch):
+        scores, frames = split_head_output(logits)
+        refs = references(batch["labels"], self.vocabulary) if "labels" in batch else None
+        return {"ids": batch["ids"], "hypotheses": self.decode(scores, frames),
+                "references": refs}
+
+    def prediction_table(self, outputs, label_names):
+        """``id``, ``hypothesis`` and, when the data has transcripts, ``reference`` and the utterance's ``wer``."""
+        with_refs = all(out.get("references") is not None for out in outputs)
+        header = ["id", "hypothesis"] + (["reference", "wer"] if with_refs else [])
+        rows: list[list[Any]] = []
+        for out in outputs:
+            for i, (id_, hyp) in enumerate(zip(out["ids"], out["hypotheses"])):
+                ref = out["references"][i] if with_refs else None
+                rows.append([id_, hyp] + ([ref, utterance_wer(hyp, ref)] if with_refs else []))
+        return header, rows
+
+    def write_prediction_files(self, outputs, csv_path):
+        """The hypotheses as a Kaldi ``text`` file (``<id> <hypothesis>`` per line), the CSV's path
+        with the suffix ``.text`` (``predictions.text``)."""
+        text = kaldi_text([pair for out in outputs for pair in zip(out["ids"], out["hypotheses"])])
+        atomic_write(Path(csv_path).with_suffix(".text"), lambda tmp: Path(tmp).write_text(text))

@@ -167,3 +167,53 @@ def test_fsdd_read_as_recognition(tmp_path):
                                                              "0_theo_9": "ZERO"}
     assert [r.id for r in data.splits["test"]] == ["7_jackson_0"]
     assert data.label_names == [BLANK, WORD_BOUNDARY] + sorted(set("SEVENTHREEZERO"))
+
+
+def test_predict_path_reads_audio_with_or_without_transcripts(corpus, tmp_path):
+    """``predict_path``: a Kaldi directory without ``text``, a CSV manifest without a transcript column,
+    a folder of audio files, or any of them with transcripts (then normalised and encoded as references)."""
+    untranscribed = kaldi_dir(tmp_path / "new", {"n0": (0.5, "x"), "n1": (0.3, "y")})
+    (untranscribed / "text").unlink()
+    folder = tmp_path / "recordings"
+    wav(folder / "a.wav", 0.4), wav(folder / "sub" / "b.flac", 0.3, fmt="FLAC"), wav(folder / ".hidden" / "c.wav", 0.3)
+    manifest = tmp_path / "to_transcribe.csv"
+    manifest.write_text("path,id\nrecordings/a.wav,first\nrecordings/sub/b.flac,\n")
+    cases = {str(untranscribed): (["n0", "n1"], None), str(folder): (["a", "sub/b"], None),
+             str(manifest): (["first", "recordings/sub/b.flac"], None),
+             str(corpus / "test"): (["te0", "te1"], ["CAB BAT", "TAD"])}
+    for path, (ids, references) in cases.items():
+        data = KaldiDataModule(path=str(corpus), val_fraction=0.2, batch_size=4, seed=0, predict_path=path)
+        records = data.predict_records
+        assert [r.id for r in records] == ids, path
+        assert [r.label for r in records] == (references or [None] * len(ids)), path
+        batch = next(iter(data.predict_dataloader()))
+        assert sorted(batch["ids"]) == sorted(ids) and ("labels" in batch) == (references is not None), path
+        if references:
+            row = batch["ids"].index("te1")
+            assert [data.label_names[i] for i in batch["labels"][row].tolist() if i != IGNORE_INDEX] == list("TAD")
+    # the splits are untouched: predict_path is only what predict reads
+    assert data.split_sizes() == {"train": 4, "val": 1, "test": 2}
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("some_text", r"m.csv, record .*n1.wav: no transcript, while 1 of the 2 utterances have one"),
+    ("empty_after_normalising", r"new, record n0: empty transcript \(after normalisation\)"),
+    ("missing_audio", r"audio file 'wav/n1.wav' not found"),
+    ("no_audio", r"no audio files \(.wav, .flac\) found"),
+])
+def test_predict_path_errors_name_the_utterance(corpus, tmp_path, damage, match):
+    folder = kaldi_dir(tmp_path / "new", {"n0": (0.5, "cab"), "n1": (0.3, "bat")})
+    if damage == "some_text":
+        csv_path = tmp_path / "m.csv"
+        csv_path.write_text(f"path,transcript\n{folder}/wav/n0.wav,cab\n{folder}/wav/n1.wav,\n")
+        folder = csv_path
+    elif damage == "empty_after_normalising":
+        (folder / "text").write_text("n0 ?!\nn1 bat\n")
+    elif damage == "missing_audio":
+        (folder / "wav" / "n1.wav").unlink()
+    else:
+        folder = tmp_path / "empty"
+        folder.mkdir()
+    data = KaldiDataModule(path=str(corpus), val_fraction=0.2, seed=0, predict_path=str(folder))
+    with pytest.raises(DataError, match=match):
+        data.predict_records

@@ -61,6 +61,14 @@ def test_fit_test_predict_and_the_adapter_decode_alike(corpus, tmp_path):
     kaldi = (run / "predictions.text").read_text().splitlines()
     assert sorted(kaldi) == sorted(f"{r['id']} {r['hypothesis']}".rstrip() for r in rows)
 
+    # audio without transcripts (predict_path: here the test recordings as a bare folder): hypotheses only,
+    # the same ones as for the same audio with its transcripts
+    main(["predict", *run_args(corpus, run), f"--data.init_args.predict_path={corpus / 'test' / 'wav'}"])
+    with open(run / "predictions.csv", newline="") as f:
+        bare = list(csv.DictReader(f))
+    assert list(bare[0]) == ["id", "hypothesis"]
+    assert sorted((r["id"], r["hypothesis"]) for r in bare) == sorted((r["id"], r["hypothesis"]) for r in rows)
+
     module = load_adapter(run / "adapter")
     assert module.task.vocabulary == data.label_names
     batch = next(iter(data.test_dataloader()))

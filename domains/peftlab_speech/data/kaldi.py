@@ -62,9 +62,12 @@ def _audio_path(scp: Path, where: str, written: str, roots: list[Path]) -> Path:
     raise DataError(scp, where, f"audio file {written!r} not found (looked in {', '.join(map(str, candidates))})")
 
 
-def _transcripts(folder: Path) -> dict[str, str]:
+def _transcripts(folder: Path, required: bool = True) -> dict[str, str] | None:
+    """``{utterance: transcript}`` of ``text``; ``None`` when there is none and it is not ``required``."""
     text_path = folder / "text"
     if not text_path.is_file():
+        if not required:
+            return None
         raise DataError(folder, None, "no 'text' file: a Kaldi data directory for recognition needs transcripts")
     with open_text(text_path) as f:
         lines = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
@@ -99,9 +102,10 @@ def _segments(folder: Path, recordings: dict[str, Path]) -> dict[str, tuple[Path
     return out
 
 
-def read_kaldi_dir(folder: str | Path, audio_root: str | Path | None = None,
-                   split: str | None = None) -> list[AudioRecord]:
-    """The utterances of a Kaldi data directory, transcripts as their labels (see the module doc)."""
+def read_kaldi_dir(folder: str | Path, audio_root: str | Path | None = None, split: str | None = None,
+                   transcripts_required: bool = True) -> list[AudioRecord]:
+    """The utterances of a Kaldi data directory, transcripts as their labels (see the module doc).
+    Without ``transcripts_required`` a directory may lack ``text`` (audio to transcribe): labels ``None``."""
     folder = data_folder(str(folder), "a Kaldi data directory")
     scp = folder / "wav.scp"
     if not scp.is_file():
@@ -110,7 +114,10 @@ def read_kaldi_dir(folder: str | Path, audio_root: str | Path | None = None,
     recordings = {rec: _audio_path(scp, where, " ".join(rest), roots)
                   for rec, (where, rest) in _table(scp, 2, "<recording id> <audio path>").items()}
     utterances = _segments(folder, recordings)
-    texts = _transcripts(folder)
+    texts = _transcripts(folder, transcripts_required)
+    if texts is None:
+        return [AudioRecord(id=utt, path=str(audio), label=None, start=start, end=end, split=split)
+                for utt, (audio, start, end) in sorted(utterances.items())]
     missing_text = sorted(set(utterances) - set(texts))
     if missing_text:
         raise DataError(folder / "text", missing_text[0], f"utterance has audio but no transcript "

@@ -151,8 +151,9 @@ class PeftDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.splits  # read once, early, so that bad input fails before training starts
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        records = self.splits[split]
+    def _loader(self, split: str, train: bool, records: list[Any] | None = None) -> DataLoader:
+        """The loader of ``split`` (or of ``records`` given under that name, e.g. audio to transcribe)."""
+        records = self.splits[split] if records is None else records
         if not records:
             raise ValueError(f"the {split!r} split is empty")
         # equal lengths when not grouping: the sampler then only shuffles (and still

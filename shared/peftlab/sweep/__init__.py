@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="start every cell as a new Python process that "
                         "imports everything again (the default forks each cell from one warm worker that has "
                         "imported peftlab and the sweep's domains; also PEFTLAB_SWEEP_COLD=1)")
+    parser.add_argument("--no-wait", action="store_true", help="executor slurm / submitit_local: submit the "
+                        "jobs and exit; the same command later collects the finished cells and resubmits failed ones")
     parser.add_argument("--run-cell", metavar="DIR", help=argparse.SUPPRESS)  # internal: the child process
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.run_cell:
@@ -113,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
     except SweepConfigError as exc:
         parser.error(str(exc))
-    report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None)
+    report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None, wait=not ns.no_wait)
+    if report.pending:  # --no-wait: the cells are in their jobs
+        return 1 if report.failed else 0
     return 1 if report.failed or (not ns.dry_run and _any_failed(sweep)) else 0
 
 def _key_value(text: str) -> tuple[str, Any]:

@@ -31,6 +31,11 @@ header) has these keys::
                               # seeds: mean difference and p-value); default: the method named full, if any
     exclude:                  # optional: cells not to run; each entry matches on the keys it has
       - {backbone: resnet50, method: adapter, reason: "bottleneck adapters need token states"}
+    executor: local           # optional: local (default) | slurm | submitit_local (peftlab.sweep.jobs)
+    resources: {}             # optional, for the submitit executors: gpus, cpus, mem_gb, time_min, partition,
+                              # cells_per_job, slurm_additional_parameters, slurm_setup, poll_s
+    search: null              # optional: tune each method first (peftlab.sweep.search)
+    tracking: null            # optional: mlflow | tensorboard | {logger, uri} (peftlab.sweep.tracking)
 
 A cell's arguments are ``--config`` files in the order global, backbone, task,
 method, then ``--trainer.enable_progress_bar=false`` (a log file is no

@@ -6,25 +6,37 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from peftlab.callbacks import StepTimer
 from peftlab.lightning_cli import build_cli
 from peftlab.runs import describe_selection, run_folder, selected_checkpoint
 
+#: the summary's cost figures a tracking logger gets as ``cost/...`` metrics (and ``cost/ms_per_step``)
+COST_METRICS = ("trainable_params", "total_params", "trainable_share", "peak_memory_mb", "samples_per_s",
+                "fit_seconds")
 
-def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> dict[str, Any]:
+
+def fit_and_test(args: list[str] | None = None, title: str = "peftlab run", loggers: Sequence[Any] = (),
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit, then test the checkpoint the run selects (the best on the
     monitored validation metric, else the last; :mod:`peftlab.runs`), then
     print (and return) one summary: the test metrics with that checkpoint and
     the data they were computed on, and the cost (trainable parameters, time
     per step, peak memory). Takes the same ``--config`` / ``--section.key
-    value`` arguments as ``peftlab fit``."""
+    value`` arguments as ``peftlab fit`` (``--ckpt_path last`` resumes the newest run). ``loggers`` are
+    added after the trainer's own (a sweep's tracking logger); every logger but the CSV ones also gets
+    ``params`` (before the fit) and the cost metrics (after the test, :func:`log_cost`)."""
     cli = build_cli(args, run=False)
+    if loggers:
+        cli.trainer.loggers = [*cli.trainer.loggers, *loggers]
+    for logger in _trackers(cli.trainer):
+        if params:  # before the fit: TensorBoard writes hparams.yaml once, at its first save
+            logger.log_hyperparams(params)
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
     selection = selected_checkpoint(cli.trainer)
     tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=selection["path"], verbose=False)[0]
@@ -45,6 +57,7 @@ def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> d
     chosen = monitor.split("/", 1)[1] if monitor.startswith("val/") and monitor != "val/loss" else None
     primary = f"test/{chosen or model.primary_metric}"
     summary["primary_metric"] = primary
+    log_cost(cli.trainer, summary)
     print(f"\n== {title} ==")
     print(f"backbone        {summary['backbone']} {summary['backbone_config']}")
     print(f"method          {summary['method']}")
@@ -63,6 +76,22 @@ def fit_and_test(args: list[str] | None = None, title: str = "peftlab run") -> d
     if summary["log_dir"]:
         print(f"run folder      {summary['log_dir']}")
     return summary
+
+
+def _trackers(trainer: Any) -> list[Any]:
+    """The trainer's loggers but the CSV ones (``metrics.csv`` keeps its training rows)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    return [logger for logger in trainer.loggers if not isinstance(logger, CSVLogger)]
+
+
+def log_cost(trainer: Any, summary: dict[str, Any]) -> None:
+    """Give every tracking logger the run's cost as ``cost/...`` metrics, then close it (MLflow ends its run)."""
+    cost = {f"cost/{k}": float(summary[k]) for k in COST_METRICS if summary.get(k) is not None}
+    cost["cost/ms_per_step"] = 1000 * float(summary["s_per_step"])
+    for logger in _trackers(trainer):
+        logger.log_metrics(cost, step=trainer.global_step)
+        logger.finalize("success")
 
 
 def recipe_main(argv: list[str], setups_dir: Path, setups: tuple[str, ...], title: str) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class PeftLabCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", PeftLabArgumentParser)
+        self.subcommand_mode = kwargs.get("run", True)  # run=False: one fit's arguments (fit_and_test)
         self.run_dir: Path | None = None   # the run folder this command works in, when it has one
         self.resuming = False              # fit continues a run in its folder
         super().__init__(*args, **kwargs)
@@ -83,6 +84,9 @@ class PeftLabCLI(LightningCLI):
                                  "or, with --ckpt_path last, the run to resume; test/validate/predict: the run "
                                  "whose checkpoint to use (its selected one unless --ckpt_path says) and where "
                                  "the outputs go. Default: lightning_logs/version_N under trainer.default_root_dir.")
+        if not self.subcommand_mode:  # a fit's --ckpt_path (fit_and_test; with subcommands, fit has its own)
+            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                                help="last: resume the run --run_dir names, else the newest under lightning_logs")
 
     # ---- before anything is built: which run, which checkpoint -----------------------------
     def _parse_ckpt_path(self) -> None:
@@ -167,11 +171,16 @@ class PeftLabCLI(LightningCLI):
         if subcommand in (None, "fit"):
             if run is not None:
                 kwargs["default_root_dir"] = str(run)
+            csv = (RunCSVLogger(run, resuming=self.resuming) if run is not None else
+                   CSVLogger(save_dir=trainer_config.get("default_root_dir") or os.getcwd()))
             if not own_logger and trainer_config.get("logger") is not False:
                 # metrics.csv in every run folder (Lightning would pick TensorBoard when it is installed;
                 # --trainer.logger TensorBoardLogger asks for it)
-                kwargs["logger"] = (RunCSVLogger(run, resuming=self.resuming) if run is not None else
-                                    CSVLogger(save_dir=trainer_config.get("default_root_dir") or os.getcwd()))
+                kwargs["logger"] = csv
+            elif own_logger and not _has_run_folder(trainer_config["logger"]):
+                # a tracker without a folder per run (MLflow): peftlab's CSV logger first keeps the run
+                # folder (checkpoints, adapter/, metrics.csv) one per run instead of the tracker's store
+                kwargs["logger"] = [csv, *_as_list(trainer_config["logger"])]
         else:  # evaluation writes into the run it evaluates, never a new version_N
             if not own_logger:
                 kwargs["logger"] = False
@@ -192,6 +201,19 @@ class PeftLabCLI(LightningCLI):
             setattr(trainer, RUN_DIR_ATTR, run)
         use_atomic_checkpoint_io(trainer.strategy)
         return trainer
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _has_run_folder(logger: Any) -> bool:
+    """Whether Lightning takes a run folder from the (first) logger: a TensorBoard or CSV logger's
+    ``log_dir``; any other logger (MLflow ...) would put checkpoints under its ``save_dir``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    first = _as_list(logger)[0] if _as_list(logger) else None
+    return isinstance(first, (TensorBoardLogger, CSVLogger))
 
 
 def _leave_last_ckpt_to_peftlab(callbacks: list[Any]) -> None:

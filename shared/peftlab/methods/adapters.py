@@ -95,6 +95,8 @@ class Adapter(Method):
         layers: blocks that get adapters (``None`` = all).
     """
 
+    size_option = "bottleneck"
+
     trains = "bottleneck MLPs after attention / MLP"
 
     family = "adapter"

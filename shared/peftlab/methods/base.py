@@ -51,6 +51,9 @@ class Method:
     trains: str = ""
     #: True when ``apply`` rewrites frozen weights (PiSSA / OLoRA keep a residual of the pretrained weight).
     rewrites_frozen_weights: bool = False
+    #: the ``__init__`` option that sets the method's size (LoRA's rank ``r``, an adapter's ``bottleneck``,
+    #: prompt ``num_tokens``), which a sweep's ``search`` block tunes; None: the method has no size.
+    size_option: str | None = None
 
     def apply(self, backbone: Backbone) -> None:
         """Freeze, inject and unfreeze in place."""

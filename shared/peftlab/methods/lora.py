@@ -40,6 +40,8 @@ class LoRA(PeftMethod):
             :mod:`peftlab.quantize`). The adapter's tensors are plain LoRA's.
     """
 
+    size_option = "r"
+
     trains = "low-rank A, B beside the target weights"
 
     def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
@@ -150,6 +152,8 @@ class AdaLoRA(PeftMethod):
         beta1 / beta2: smoothing of the sensitivity and of its uncertainty.
         orth_reg_weight: weight of the orthogonality penalty on P and Q.
     """
+
+    size_option = "target_r"
 
     trains = "SVD-shaped P, E, Q; ranks pruned to a budget"
 

@@ -72,6 +72,8 @@ class Prompt(Method):
         init_std: standard deviation of the initial tokens.
     """
 
+    size_option = "num_tokens"
+
     trains = "prompt tokens in the input (or at every block)"
 
     family = "prompt"
@@ -151,6 +153,8 @@ class PrefixTuning(Method):
         layers: blocks whose attention gets a prefix (``None`` = all).
         init_std: standard deviation of the initial keys and values.
     """
+
+    size_option = "num_tokens"
 
     trains = "keys and values prepended in every attention layer"
 

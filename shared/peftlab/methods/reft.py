@@ -59,6 +59,8 @@ class LoReFT(Method):
         layers: blocks whose input stream is edited (``None`` = all).
     """
 
+    size_option = "rank"
+
     trains = "low-rank edit of the hidden states (R, W, b)"
 
     family = "representation"

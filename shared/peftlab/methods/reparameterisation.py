@@ -23,6 +23,8 @@ class LoHa(PeftMethod):
         targets, layers: as ``lora``.
     """
 
+    size_option = "r"
+
     trains = "two low-rank pairs, Hadamard product"
 
     def __init__(self, r: int = 8, alpha: float = 8, targets: str | list[str] | None = None,
@@ -43,6 +45,8 @@ class LoKr(PeftMethod):
         decompose_factor: size of the Kronecker factorisation (-1: as square as possible).
         targets, layers: as ``lora``.
     """
+
+    size_option = "r"
 
     trains = "small full factor (x) low-rank factor"
 
@@ -66,6 +70,8 @@ class VeRA(PeftMethod):
         projection_prng_key: seed of the shared projections.
         targets, layers: as ``lora`` (linear layers only).
     """
+
+    size_option = "r"
 
     trains = "two scaling vectors per layer (shared frozen projections)"
 
@@ -164,6 +170,8 @@ class FourierFT(PeftMethod):
         random_loc_seed: seed of the frequency positions.
         targets, layers: as ``lora`` (linear layers only).
     """
+
+    size_option = "n_frequency"
 
     trains = "spectral coefficients at fixed random frequencies"
 

@@ -31,6 +31,11 @@ header) has these keys::
                               # seeds: mean difference and p-value); default: the method named full, if any
     exclude:                  # optional: cells not to run; each entry matches on the keys it has
       - {backbone: resnet50, method: adapter, reason: "bottleneck adapters need token states"}
+    executor: local           # optional: local (default) | slurm | submitit_local (peftlab.sweep.jobs)
+    resources: {}             # optional, for the submitit executors: gpus, cpus, mem_gb, time_min, partition,
+                              # cells_per_job, slurm_additional_parameters, slurm_setup, poll_s
+    search: null              # optional: tune each method first (peftlab.sweep.search)
+    tracking: null            # optional: mlflow | tensorboard | {logger, uri} (peftlab.sweep.tracking)
 
 A cell's arguments are ``--config`` files in the order global, backbone, task,
 method, then ``--trainer.enable_progress_bar=false`` (a log file is no
@@ -103,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="start every cell as a new Python process that "
                         "imports everything again (the default forks each cell from one warm worker that has "
                         "imported peftlab and the sweep's domains; also PEFTLAB_SWEEP_COLD=1)")
+    parser.add_argument("--no-wait", action="store_true", help="executor slurm / submitit_local: submit the "
+                        "jobs and exit; the same command later collects the finished cells and resubmits failed ones")
     parser.add_argument("--run-cell", metavar="DIR", help=argparse.SUPPRESS)  # internal: the child process
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if ns.run_cell:
@@ -113,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
     except SweepConfigError as exc:
         parser.error(str(exc))
-    report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None)
+    report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None, wait=not ns.no_wait)
+    if report.pending:  # --no-wait: the cells are in their jobs
+        return 1 if report.failed else 0
     return 1 if report.failed or (not ns.dry_run and _any_failed(sweep)) else 0
 
 def _key_value(text: str) -> tuple[str, Any]:

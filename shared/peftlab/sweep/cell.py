@@ -63,6 +63,51 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
+def resume_args(cell_dir: Path) -> list[str]:
+    """``--ckpt_path=last`` when an earlier attempt of this cell left a ``last.ckpt`` (a job stopped by a
+    pre-emption or its time limit, then requeued): the fit resumes from it instead of starting over."""
+    return ["--ckpt_path=last"] if any(cell_dir.glob("lightning_logs/version_*/checkpoints/last.ckpt")) else []
+
+
+def _fit_and_test(spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """A cell: fit and test (:func:`peftlab.experiment.fit_and_test`); its result."""
+    from peftlab.callbacks import proc_status_mb
+    from peftlab.experiment import fit_and_test
+
+    baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
+    tracking = spec.get("tracking")
+    loggers = []
+    if tracking:
+        from peftlab.sweep.tracking import tracking_logger
+
+        loggers.append(tracking_logger(tracking))
+    summary = fit_and_test(list(spec["args"]) + [f"--trainer.default_root_dir={cell_dir}", *resume_args(cell_dir)],
+                           title=f"sweep cell {spec['label']}", loggers=loggers,
+                           params=tracking["params"] if tracking else None)
+    metric = spec.get("metric") or summary["primary_metric"].split("/", 1)[1]
+    run_dir = Path(summary["log_dir"] or cell_dir)
+    adapter = run_dir / "adapter" / "adapter.safetensors"
+    # StepTimer reports VmHWM on the CPU: this process image's own peak (not the forking sweep's)
+    if summary["peak_memory_kind"] == "cpu_peak_rss" and baseline_mb is not None:
+        summary["peak_memory_growth_mb"] = summary["peak_memory_mb"] - baseline_mb
+    result = {
+        "status": "ok", "error": "", "primary_metric": f"test/{metric}",
+        "primary_value": summary["test"].get(f"test/{metric}"),
+        "adapter_bytes": adapter.stat().st_size if adapter.is_file() else None,
+        "run_dir": str(run_dir), "summary": summary,
+    }
+    if result["primary_value"] is None:
+        result.update(status="failed", error=f"the test metrics have no test/{metric} "
+                                             f"(logged: {', '.join(sorted(summary['test']))})")
+    return result
+
+
+def _run_trial(spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    from peftlab.sweep.search import run_trial
+
+    return run_trial(spec, cell_dir)
+
+
 def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     """Run one cell (``python -m peftlab.sweep --run-cell DIR``): fit and test
     with the arguments in ``DIR/cell.json``; write ``DIR/result.json``."""
@@ -76,27 +121,7 @@ def run_cell(cell_dir: str | os.PathLike[str]) -> int:
     result: dict[str, Any] = {"status": "failed"}
     start = time.perf_counter()
     try:
-        from peftlab.callbacks import proc_status_mb
-        from peftlab.experiment import fit_and_test
-
-        baseline_mb = proc_status_mb("VmRSS")  # torch + Lightning imported, nothing built yet
-        summary = fit_and_test(list(spec["args"]) + [f"--trainer.default_root_dir={cell_dir}"],
-                               title=f"sweep cell {spec['label']}")
-        metric = spec.get("metric") or summary["primary_metric"].split("/", 1)[1]
-        run_dir = Path(summary["log_dir"] or cell_dir)
-        adapter = run_dir / "adapter" / "adapter.safetensors"
-        # StepTimer reports VmHWM on the CPU: this process image's own peak (not the forking sweep's)
-        if summary["peak_memory_kind"] == "cpu_peak_rss" and baseline_mb is not None:
-            summary["peak_memory_growth_mb"] = summary["peak_memory_mb"] - baseline_mb
-        result = {
-            "status": "ok", "error": "", "primary_metric": f"test/{metric}",
-            "primary_value": summary["test"].get(f"test/{metric}"),
-            "adapter_bytes": adapter.stat().st_size if adapter.is_file() else None,
-            "run_dir": str(run_dir), "summary": summary,
-        }
-        if result["primary_value"] is None:
-            result.update(status="failed", error=f"the test metrics have no test/{metric} "
-                                                 f"(logged: {', '.join(sorted(summary['test']))})")
+        result = (_run_trial(spec, cell_dir) if spec.get("trial") else _fit_and_test(spec, cell_dir))
     except SystemExit as exc:  # the CLI's argument errors
         result["error"] = (one_line(tail.error_line() or f"exited with status {exc.code}")
                            if exc.code not in (0, None) else "the CLI exited before training (status 0)")

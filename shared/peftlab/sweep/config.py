@@ -18,7 +18,18 @@ from peftlab.errors import SweepConfigError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _TOP_KEYS = {"root", "output", "seeds", "data_seed", "cell_timeout_s", "configs", "overrides",
-             "backbones", "tasks", "methods", "exclude", "baseline"}
+             "backbones", "tasks", "methods", "exclude", "baseline", "executor", "resources", "search", "tracking"}
+
+#: where the cells run: here, one process each (``local``), or one submitit job per cell or chunk of cells
+#: (``slurm``; ``submitit_local``: submitit's local executor, the same machinery without a cluster)
+EXECUTORS = ("local", "submitit_local", "slurm")
+
+#: ``resources``: what each job asks for (``executor: slurm`` / ``submitit_local``)
+RESOURCE_KEYS = {"gpus", "cpus", "mem_gb", "time_min", "partition", "cells_per_job", "slurm_additional_parameters",
+                 "slurm_setup", "poll_s"}
+
+#: ``tracking``: a Lightning logger that every cell also logs to, with a local file store
+TRACKERS = ("tensorboard", "mlflow")
 
 _ENTRY_KEYS = {"name", "configs", "overrides"}
 
@@ -72,6 +83,13 @@ class Sweep:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     command_overrides: tuple[tuple[str, Any], ...] = ()  # ``--set KEY=VALUE``: after everything else
     baseline: str | None = None  # the method every other is compared with in results.md
+    executor: str = "local"
+    resources: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] | None = None  # {"logger": tensorboard | mlflow, "uri": ...}
+    search: Any = None  # a peftlab.sweep.search.SearchSpec
+    #: (task, backbone, method) -> the overrides the search chose (after the method's own, before ``--set``)
+    tuned: dict[tuple[str, str, str], tuple[tuple[str, Any], ...]] = field(default_factory=dict)
+    search_outcomes: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # -> search.Study
 
     @property
     def name(self) -> str:
@@ -109,7 +127,9 @@ class Sweep:
 
     def _cell(self, task: Entry, backbone: Entry, method: Entry, seed: int) -> Cell:
         configs = [*self.configs, *backbone.configs, *task.configs, *method.configs]
-        overrides = [*self.overrides, *backbone.overrides, *task.overrides, *method.overrides, *self.command_overrides]
+        tuned = self.tuned.get((task.name, backbone.name, method.name), ())
+        overrides = [*self.overrides, *backbone.overrides, *task.overrides, *method.overrides, *tuned,
+                     *self.command_overrides]
         args = [a for c in configs for a in ("--config", str(c))]
         args.append("--trainer.enable_progress_bar=false")  # a log file, not a terminal; overridable
         args += [f"--{k}={format_value(v)}" for k, v in overrides]
@@ -234,4 +254,32 @@ def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | No
     if sweep.baseline is not None and sweep.baseline not in names["method"]:
         raise SweepConfigError(f"{where}: baseline {sweep.baseline!r} is not one of the methods "
                                f"{sorted(names['method'])}")
+    _run_options(sweep, raw, where)
     return sweep
+
+
+def _run_options(sweep: Sweep, raw: dict[str, Any], where: str) -> None:
+    """``executor``, ``resources``, ``tracking`` and ``search``: how and where the cells run."""
+    sweep.executor = str(raw.get("executor") or "local")
+    if sweep.executor not in EXECUTORS:
+        raise SweepConfigError(f"{where}: executor {sweep.executor!r} is not one of {list(EXECUTORS)}")
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict) or set(resources) - RESOURCE_KEYS:
+        raise SweepConfigError(f"{where}: resources must map some of {sorted(RESOURCE_KEYS)} to values, got "
+                               f"{resources!r}")
+    if resources and sweep.executor == "local":
+        raise SweepConfigError(f"{where}: resources are for executor slurm or submitit_local; executor is local")
+    sweep.resources = dict(resources)
+    tracking = raw.get("tracking")
+    if tracking is not None:
+        if isinstance(tracking, str):
+            tracking = {"logger": tracking}
+        if (not isinstance(tracking, dict) or set(tracking) - {"logger", "uri"}
+                or tracking.get("logger") not in TRACKERS):
+            raise SweepConfigError(f"{where}: tracking must be one of {list(TRACKERS)} or {{logger: "
+                                   f"{'|'.join(TRACKERS)}, uri: ...}}, got {tracking!r}")
+        sweep.tracking = dict(tracking)
+    if raw.get("search") is not None:
+        from peftlab.sweep.search import parse_search
+
+        sweep.search = parse_search(raw["search"], sweep, f"{where}: search")

@@ -105,12 +105,36 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
             baseline = next((b for b in groups if b.backbone == g.backbone and b.method == sweep.baseline), None)
             first = [g.backbone] if sweep.backbones else []
             lines.append("| " + " | ".join(first + _row_cells(g, baseline if versus else None, bool(versus))) + " |")
+        lines += _search_lines(sweep, task.name)
         for t, backbone, method, reason in sweep.excluded_cells():
             if t == task.name:
                 lines.append(f"\nNot run: {' / '.join(p for p in (backbone, method) if p)} (excluded in the sweep "
                              f"config{': ' + reason if reason else ''}).")
         lines.append("")
     return "\n".join(lines)
+
+def _search_lines(sweep: Sweep, task: str) -> list[str]:
+    """The search's outcome for a task: per method the trials it had and the parameters that won."""
+    found = [s for (t, _, _), s in sweep.search_outcomes.items() if t == task]
+    if not found:
+        return []
+    spec = sweep.search
+    lines = ["", f"Tuned before the table (`search`): per method an Optuna study of up to {spec.trials} trials "
+             f"(learning rate log-uniform in [{spec.lr[0]:g}, {spec.lr[1]:g}]"
+             + (f", size in [{spec.size[0]}, {spec.size[1]}]" if spec.size else "")
+             + f"), seed {spec.seed}, scored on {found[0].metric} (validation, best epoch; pruned trials stopped "
+             "early); the seeds above ran with the winner.", "",
+             "| " + ("backbone | " if sweep.backbones else "") + "method | trials (pruned, failed) | best "
+             f"{found[0].metric} | lr | size |", "|" + "---|" * bool(sweep.backbones) + "---|---:|---:|---:|---|"]
+    for s in found:
+        params = s.best_params or {}
+        size = f"{s.size_option}={params['size']}" if "size" in params else "-"
+        best = f"{s.best_value:.4f}" if s.best_value is not None else "none completed"
+        lines.append("| " + (f"{s.backbone} | " if sweep.backbones else "") + f"{s.method} | {s.trials} "
+                     f"({s.pruned}, {s.failed}) | {best} | "
+                     + (f"{params['lr']:.3g}" if "lr" in params else "-") + f" | {size} |")
+    return lines
+
 
 def _metric_cell(g: _Group) -> str:
     """Mean ± sample std, the 95% confidence interval of the mean, and n; failed seeds named."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from peftlab.persistence.atomic import atomic_write_text
 from peftlab.sweep.cell import PARENT_ENV, one_line, write_json
 from peftlab.sweep.config import Cell, Sweep
 from peftlab.sweep.report import make_plots, render_markdown, show_path
+from peftlab.sweep.tracking import tracking_spec
 from peftlab.sweep.warm import WarmStarter, cold_requested, preload_modules
 from peftlab.sweep.results import (CELL_LOG, CELL_RESULT, CELL_SPEC, CELLS_DIR, RESULTS_CSV, RESULTS_MD, read_results,
                                    row_from_result, row_key, write_results)
@@ -33,24 +35,36 @@ class SweepReport:
     launched: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # cells still in their jobs (``--no-wait``)
     markdown: Path | None = None
     plots: list[Path] = field(default_factory=list)
 
 class _Interrupted(Exception):
     pass
 
-def _launch(cell: Cell, sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
-    """Run one cell in its own process (forked from the warm worker, else a new interpreter); return
-    its result (an error result when the process died without writing one)."""
+def prepare_cell(cell: Cell, sweep: Sweep, cell_dir: Path) -> None:
+    """A clean cell folder (an earlier attempt's is removed) with ``cell.json``: what the cell runs."""
     if cell_dir.exists():
         shutil.rmtree(cell_dir)  # a failed or stale earlier attempt
     cell_dir.mkdir(parents=True)
     write_json(cell_dir / CELL_SPEC, {
         "label": cell.label, "task": cell.task, "backbone": cell.backbone, "method": cell.method,
         "seed": cell.seed, "metric": cell.metric, "args": list(cell.args), "cwd": str(sweep.root),
+        "args_hash": cell.args_hash, "tracking": tracking_spec(sweep, cell),
         "equivalent_command": "peftlab fit " + shlex.join([*cell.args, f"--trainer.default_root_dir={cell_dir}"])
                               + "  # then test",
     })
+
+
+def _launch(cell: Cell, sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
+    """Run one cell in its own process (forked from the warm worker, else a new interpreter); return
+    its result (an error result when the process died without writing one)."""
+    prepare_cell(cell, sweep, cell_dir)
+    return run_prepared(sweep, cell_dir, warm)
+
+
+def run_prepared(sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
+    """Run the cell (or search trial) that ``cell_dir/cell.json`` describes; its result."""
     code = (_run_warm(warm, sweep, cell_dir) if warm is not None else _run_cold(sweep, cell_dir))
     if code is None:
         return {"status": "failed", "error": f"timed out after {sweep.cell_timeout_s:g} s (cell_timeout_s)"}
@@ -151,10 +165,18 @@ class _Progress:
         return _fmt_seconds(time.perf_counter() - self.start)
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False, cold: bool | None = None) -> SweepReport:
+def run_sweep(sweep: Sweep, dry_run: bool = False, cold: bool | None = None, wait: bool = True) -> SweepReport:
     """Run (or, with ``dry_run``, list) every cell not yet recorded as ok, then
     write the tables and plots. Cells fork from a warm worker (:mod:`peftlab.sweep.warm`);
-    ``cold`` (default: ``PEFTLAB_SWEEP_COLD``) starts each as a new interpreter."""
+    ``cold`` (default: ``PEFTLAB_SWEEP_COLD``) starts each as a new interpreter. With a ``search``
+    block, the studies run first (:mod:`peftlab.sweep.search`) and the cells use what they chose.
+    With ``executor: slurm`` / ``submitit_local`` the cells are jobs (:mod:`peftlab.sweep.jobs`);
+    ``wait=False`` submits them and returns (a later call collects them)."""
+    cold = cold_requested() if cold is None else cold
+    if sweep.search is not None:
+        from peftlab.sweep.search import run_search
+
+        run_search(sweep, dry_run=dry_run, cold=cold)
     cells = sweep.cells()
     progress = _Progress(sweep)
     n_axes = " x ".join([f"{len(sweep.tasks)} task(s)"]
@@ -162,12 +184,17 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, cold: bool | None = None) -> 
                         + [f"{len(sweep.methods)} method(s)", f"{len(sweep.seeds)} seed(s)"])
     n_excluded = len(sweep.tasks) * max(1, len(sweep.backbones)) * len(sweep.methods) * len(sweep.seeds) - len(cells)
     print(f"peftlab sweep {sweep.name}: {len(cells)} cells ({n_axes}"
-          f"{f', {n_excluded} excluded' if n_excluded else ''}) -> {sweep.output}", flush=True)
+          f"{f', {n_excluded} excluded' if n_excluded else ''}) -> {sweep.output}"
+          + (f", executor {sweep.executor}" if sweep.executor != "local" else ""), flush=True)
     if dry_run:
         _list_cells(sweep, cells, progress)
         return progress.report
     sweep.output.mkdir(parents=True, exist_ok=True)
-    cold = cold_requested() if cold is None else cold
+    if sweep.executor != "local":
+        with _sigterm_interrupts():
+            _run_jobs(sweep, cells, progress, wait)
+        _write_report(sweep, cells, progress)
+        return progress.report
     todo = [c for c in cells if progress.state(c) != "done"]
     warm = None if cold or not todo else WarmStarter(preload_modules([c.args for c in todo], sweep.root))
     try:
@@ -224,13 +251,82 @@ def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress, warm: WarmS
         result = _launch(cell, sweep, sweep.output / CELLS_DIR / cell.dirname, warm)
         progress.durations.append(time.perf_counter() - t0)
         result["cell_seconds"] = progress.durations[-1]  # wall time, process start (or fork) included
-        row = progress.record(cell, result)
-        left = len(todo) - len(progress.durations)
-        eta = left * sum(progress.durations) / len(progress.durations)
-        what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
-                else f"FAILED: {row['error']}")
-        print(f"[{k}/{len(cells)}] {cell.label}: {what} ({progress.durations[-1]:.1f} s) | elapsed "
-              f"{progress.elapsed()}, ETA {_fmt_seconds(eta)} ({left} cell(s) left)", flush=True)
+        _finished(progress, cell, result, f"[{k}/{len(cells)}]", len(todo) - len(progress.durations))
+
+
+def _finished(progress: _Progress, cell: Cell, result: dict[str, Any], position: str, left: int,
+              eta: bool = True) -> None:
+    """Record a finished cell and print its line: the metric or the error, elapsed time and (one cell
+    after another) the ETA."""
+    row = progress.record(cell, result)
+    what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
+            else f"FAILED: {row['error']}")
+    took = f" ({progress.durations[-1]:.1f} s)" if progress.durations else ""
+    estimate = left * sum(progress.durations) / max(1, len(progress.durations))
+    print(f"{position} {cell.label}: {what}{took} | elapsed {progress.elapsed()}"
+          + (f", ETA {_fmt_seconds(estimate)}" if eta else "") + f" ({left} cell(s) left)", flush=True)
+
+
+def _run_jobs(sweep: Sweep, cells: list[Cell], progress: _Progress, wait: bool) -> None:
+    """The cells as submitit jobs (:mod:`peftlab.sweep.jobs`): record the finished ones, submit those
+    neither finished nor in a live job, then (``wait``) record each as its result appears."""
+    from peftlab.sweep import jobs
+
+    book = jobs.JobBook(sweep.output, sweep.executor)
+    waiting, submit = [], []
+    for cell in cells:
+        if progress.state(cell) == "done":
+            progress.report.skipped.append(cell.dirname)
+        elif ((result := jobs.cell_result(cell, sweep.output)) is not None and result.get("status") == "ok"
+              and book.job_of(cell) is not None):  # finished in its job since the last call
+            _finished(progress, cell, result, "[collected]", 0, eta=False)
+        elif book.active(cell, sweep.output):
+            waiting.append(cell)
+        else:
+            submit.append(cell)
+    if submit:
+        jobs.submit(sweep, submit, book, lambda cell, cell_dir: prepare_cell(cell, sweep, cell_dir))
+        print(f"submitted {len(submit)} cell(s) ({sweep.executor}); job ids in {sweep.output / jobs.JOBS_FILE}",
+              flush=True)
+    progress.report.launched += [c.dirname for c in submit]
+    pending = waiting + submit
+    if not wait:
+        progress.report.pending = [c.dirname for c in pending]
+        print(f"{len(pending)} cell(s) in jobs; run the same command again to collect them", flush=True)
+        return
+    _collect(sweep, pending, progress, book)
+
+
+def _collect(sweep: Sweep, pending: list[Cell], progress: _Progress, book: Any) -> None:
+    """Wait for the jobs: record each cell as its result appears, or as failed when its job ended without one."""
+    from peftlab.sweep import jobs
+
+    poll_s = float(sweep.resources.get("poll_s", 2.0 if sweep.executor == "submitit_local" else 30.0))
+    states: dict[str, str] = {}
+    shown = ""
+    while pending:
+        for cell in list(pending):
+            result = jobs.cell_result(cell, sweep.output)
+            entry = book.job_of(cell)
+            if result is None and entry is not None:
+                state = book.state(entry, sweep.output)
+                if state.split()[0].rstrip("+") in jobs.ACTIVE_STATES:
+                    states[cell.dirname] = state
+                    continue
+                result = jobs.cell_result(cell, sweep.output) or {
+                    "status": "failed", "error": jobs.job_failure(entry, state, sweep.output)}
+            if result is None:
+                continue
+            pending.remove(cell)
+            states.pop(cell.dirname, None)
+            progress.durations.append(float(result.get("cell_seconds") or 0.0))
+            _finished(progress, cell, result, f"[job {entry['job_id'] if entry else '?'}]", len(pending), eta=False)
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(Counter(states.values()).items()))
+        if pending and summary != shown:  # one line when the jobs' states change, not one per poll
+            print(f"jobs of the {len(pending)} cell(s) left: {summary}", flush=True)
+            shown = summary
+        if pending:
+            time.sleep(poll_s)
 
 
 def _write_report(sweep: Sweep, cells: list[Cell], progress: _Progress) -> None:

@@ -26,6 +26,12 @@ A backbone implements ``embed``, ``run_block`` and (optionally)
 (prompt tuning) their turn before each block, strips the tokens they inserted
 and collects per-layer states.
 
+A forward may also start from cached states (``forward(batch, prefix=PrefixStates(...))``):
+the states entering block ``k``, or a frozen front end's output; see
+:mod:`peftlab.model.prefix_cache` for when that is allowed and what a backbone
+declares to opt in (``resumes_at_blocks``, ``after_block_paths``, ``input_padding``,
+``front_end_path`` with ``front_end`` / ``embed_front_end``).
+
 Gradient (activation) checkpointing is implemented here, once: with
 ``gradient_checkpointing`` on (every backbone takes it as an ``__init__``
 option), while training with gradients enabled, each block call that

@@ -7,8 +7,10 @@ cache, so it is written here. Features are kept per example id on the CPU,
 trimmed to the example's own length, and padded again to each batch's
 longest example; the content mask keeps padding out of pooling.
 
-Assumes that an id always brings the same input: no training-time
-augmentation or random cropping (PeftModule refuses an augmenting data module).
+Each entry records a digest of the example's input, so an id whose input
+changed is recomputed; training-time augmentation would still make every epoch
+recompute, so PeftModule refuses an augmenting data module. The store
+(:mod:`peftlab.model.example_store`) is shared with the frozen-prefix cache.
 Memory: one ``[T, D]`` float tensor per example (and per layer with the
 weighted layer sum).
 """

@@ -212,6 +212,9 @@ def test_full_fine_tuning_of_a_speech_encoder_caches_its_frozen_front_end():
     module = PeftModule(TorchaudioEncoder("wav2vec2_base", **TINY_TA), build_method("full"), task_type="multiclass",
                         num_outputs=4, cache_frozen_prefix=True)
     assert module.prefix_cache.depth == FRONT_END
+    calls = count_calls(module.backbone.model.feature_extractor)
+    plain_losses = fit(module, tone_data(augment=False))
+    assert 0 < len(calls) <= len(plain_losses) // 3 + 2  # the CNN ran in the first epoch only
     unfrozen = TorchaudioEncoder("wav2vec2_base", **TINY_TA, freeze_feature_extractor=False)
     with pytest.raises(ConfigError, match=r"parameter model\.feature_extractor\..* trains, inside the front end"):
         PeftModule(unfrozen, build_method("full"), task_type="multiclass", num_outputs=4, cache_frozen_prefix=True)

@@ -40,6 +40,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/method_cost.py --domain speech --batch 4 --rounds 1
 	$(VENV)/bin/python benchmarks/merged_lora_latency.py
 	$(VENV)/bin/python benchmarks/feature_cache.py
+	$(VENV)/bin/python benchmarks/prefix_cache.py
 	$(VENV)/bin/python benchmarks/gradient_checkpointing.py
 	$(VENV)/bin/python benchmarks/esm_attention.py
 

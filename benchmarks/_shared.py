@@ -74,3 +74,48 @@ def run_child(cmd: list[str], result_prefix: str, what: str) -> dict:
             return json.loads(line[len(result_prefix):])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     raise RuntimeError(f"the {what} run failed (exit code {proc.returncode})")
+
+
+def plain_lora_training(backbone, batches: list[dict], device, layers: str | None = None, epochs: int = 1,
+                        on_start=None) -> tuple[list[float], int]:
+    """The reference: LoRA (r=8, alpha=16, the ``attention`` preset, optionally on ``layers`` only)
+    trained in a hand-written PyTorch + peft loop (mean pooling, a linear head, MSE, AdamW) over
+    ``batches`` for ``epochs``. Returns each step's seconds and the number of trained parameters;
+    ``on_start`` is called just before the first step."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, inject_adapter_in_model
+    from torch import nn
+
+    from peftlab.backbone import resolve_targets
+
+    targets = resolve_targets(backbone, "attention", layers)  # the same modules as peftlab's LoRA
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=8, lora_alpha=16, target_modules=targets), backbone)
+    head = nn.Linear(backbone.embed_dim, 1)
+    backbone.to(device).train()
+    head.to(device).train()
+    params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if on_start is not None:
+        on_start()
+    times = []
+    for _ in range(epochs):
+        for batch in batches:
+            sync()
+            t0 = time.perf_counter()
+            f = backbone(batch)
+            mask = f.mask.unsqueeze(-1).to(f.hidden.dtype)
+            pooled = (f.hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            loss = F.mse_loss(head(pooled).squeeze(-1), batch["labels"])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sync()
+            times.append(time.perf_counter() - t0)
+    return times, sum(p.numel() for p in params)

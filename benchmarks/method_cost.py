@@ -157,42 +157,15 @@ def run_peftlab(method: str, args) -> dict:
 
 def run_plain(args) -> dict:
     import torch
-    import torch.nn.functional as F
-    from peft import LoraConfig, inject_adapter_in_model
-    from torch import nn
+
+    from _shared import plain_lora_training
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(SEED)
     backbone = _backbone(args)
     batches = _batches(backbone, args)
-    from peftlab.backbone import resolve_targets
-    targets = resolve_targets(backbone, "attention")  # the same modules as peftlab's LoRA
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=8, lora_alpha=16, target_modules=targets), backbone)
-    head = nn.Linear(backbone.embed_dim, 1)
-    backbone.to(device).train()
-    head.to(device).train()
-    params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
-    trainable = sum(p.numel() for p in params)
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-
     probe = _MemoryProbe(device)
-    probe.start()
-    times = []
-    for batch in batches:
-        _sync(device)
-        t0 = time.perf_counter()
-        f = backbone(batch)
-        mask = f.mask.unsqueeze(-1).to(f.hidden.dtype)
-        pooled = (f.hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        loss = F.mse_loss(head(pooled).squeeze(-1), batch["labels"])
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times, trainable = plain_lora_training(backbone, batches, device, on_start=probe.start)
     peak, kind = probe.peak()
     timed = times[args.warmup:]
     return {"trainable": trainable, "ms_step": 1000 * sum(timed) / len(timed), "steps": len(timed),

@@ -26,6 +26,12 @@ A backbone implements ``embed``, ``run_block`` and (optionally)
 (prompt tuning) their turn before each block, strips the tokens they inserted
 and collects per-layer states.
 
+A forward may also start from cached states (``forward(batch, prefix=PrefixStates(...))``):
+the states entering block ``k``, or a frozen front end's output; see
+:mod:`peftlab.model.prefix_cache` for when that is allowed and what a backbone
+declares to opt in (``resumes_at_blocks``, ``after_block_paths``, ``input_padding``,
+``front_end_path`` with ``front_end`` / ``embed_front_end``).
+
 Gradient (activation) checkpointing is implemented here, once: with
 ``gradient_checkpointing`` on (every backbone takes it as an ``__init__``
 option), while training with gradients enabled, each block call that
@@ -74,6 +80,21 @@ class Features:
     skips: list[Tensor] | None = None
 
 
+#: the depth of a front end's output, before any block (see :meth:`Backbone.prefix_states`)
+FRONT_END = -1
+
+
+@dataclass
+class PrefixStates:
+    """Cached states a forward starts from: entering block ``depth`` in the backbone's layout
+    (``depth == FRONT_END``: the front end's output, batch-first), with the ``[B, T]`` masks."""
+
+    depth: int
+    x: Tensor
+    attn_mask: Tensor
+    content_mask: Tensor
+
+
 class TokenHook(nn.Module):
     """A module that may insert or rewrite tokens before each block.
 
@@ -106,6 +127,9 @@ class Backbone(nn.Module):
     #: the batch keys ``embed`` reads (``tokens``, ``images``, ``waveforms``); a data module declares the
     #: keys its batches carry as its ``input_keys``, and a run whose data lacks one stops before training
     input_keys: tuple[str, ...] = ()
+    #: the value each input key is padded with at the end of a row (ESM's padding token), so that
+    #: caches recognise one example however a batch padded it
+    input_padding: dict[str, float | int] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,6 +158,47 @@ class Backbone(nn.Module):
         encoder's convolutional front end); PeftModule freezes them after the
         method is applied."""
         return []
+
+    # ---- resuming from cached states (frozen-prefix caching, :mod:`peftlab.model.prefix_cache`) ----
+    #: True where ``forward`` may start at any block from cached states entering it
+    resumes_at_blocks: bool = False
+    #: why ``resumes_at_blocks`` is False (said when the prefix cache is asked for)
+    resume_refusal: str = "its forward has not been split at its blocks for the frozen-prefix cache"
+    #: modules that run after the last block (the final norm), relative to the backbone
+    after_block_paths: tuple[str, ...] = ()
+    #: the module of a frozen front end whose output can be cached (a speech encoder's CNN), else None
+    front_end_path: str | None = None
+
+    def front_end(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(features, valid, valid)``: the front end's output ``[B, F, C]`` (batch-first) and
+        ``[B, F]`` True on valid frames. Backbones with a ``front_end_path`` implement it."""
+        raise NotImplementedError
+
+    def embed_front_end(self, features: Tensor, valid: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """What ``embed`` returns, from the front end's output (see :meth:`front_end`)."""
+        raise NotImplementedError
+
+    def resume_at_block(self, index: int) -> None:
+        """Reset the state a backbone keeps between blocks before a forward that starts at
+        block ``index`` from cached states (a block counter, a position bias)."""
+
+    def prefix_refusal(self, depth: int) -> str | None:
+        """Why the states entering block ``depth`` (``FRONT_END``: the front end's output)
+        cannot be cached and resumed from, or None."""
+        if depth == FRONT_END:
+            return None if self.front_end_path else f"{self.name} has no separate frozen front end"
+        return None if self.resumes_at_blocks else f"{self.name}: {self.resume_refusal}"
+
+    @torch.no_grad()
+    def prefix_states(self, batch: dict[str, Any], depth: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, attn_mask, content_mask)`` entering block ``depth`` (this backbone's layout), or the
+        front end's output for ``depth == FRONT_END``; token hooks do not run in a cached prefix."""
+        if depth == FRONT_END:
+            return self.front_end(batch)
+        x, attn_mask, content_mask = self.embed(batch)
+        for block in self.blocks[:depth]:
+            x = self.run_block(block, x, attn_mask)
+        return x, attn_mask, content_mask
 
     # ---- shared behaviour -------------------------------------------------------------
     @property
@@ -172,12 +237,27 @@ class Backbone(nn.Module):
         keep = torch.cat([torch.arange(p), torch.arange(p + n, x.shape[self.seq_dim])]).to(x.device)
         return x.index_select(self.seq_dim, keep)
 
-    def forward(self, batch: dict[str, Any], output_layers: bool = False) -> Features:
-        x, attn_mask, content_mask = self.embed(batch)
+    def _entry(self, batch: dict[str, Any], prefix: "PrefixStates | None") -> tuple[Tensor, Tensor, Tensor, int]:
+        """The states entering the first block to run, its masks and its index."""
+        if prefix is None:
+            return (*self.embed(batch), 0)
+        if prefix.depth == FRONT_END:
+            return (*self.embed_front_end(prefix.x, prefix.attn_mask, batch), 0)
+        self.resume_at_block(prefix.depth)
+        return prefix.x, prefix.attn_mask, prefix.content_mask, prefix.depth
+
+    def forward(self, batch: dict[str, Any], output_layers: bool = False,
+                prefix: "PrefixStates | None" = None) -> Features:
+        """Run the backbone; with ``prefix`` (cached states entering block ``prefix.depth``, or the
+        front end's output), start from those instead of embedding the batch."""
+        x, attn_mask, content_mask, start = self._entry(batch, prefix)
+        if output_layers and start > 0:
+            raise ValueError(f"per-layer states were asked for, but the forward starts at block {start} "
+                             f"from cached states")
         layers = [self._to_batch_first(x)] if output_layers else None
         inserted = 0
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[start:], start=start):
             for hook in self.token_hooks.values():
                 before = x.shape[self.seq_dim]
                 x, attn_mask = hook(i, x, attn_mask, self)

@@ -75,6 +75,9 @@ class ToyTransformer(Backbone):
         "mlp_out": ("mlp.fc2",),
     }
     adapter_sites = {"attention_out": "attn.proj", "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
+    resumes_at_blocks = True  # run_block keeps no state between blocks
+    input_padding = {"tokens": PAD}
+    after_block_paths = ("norm",)
 
     def __init__(self, vocab_size: int = 33, dim: int = 32, depth: int = 2, heads: int = 4,
                  mlp_ratio: int = 2, max_len: int = 128, seed: int = 0, gradient_checkpointing: bool = False) -> None:

@@ -140,6 +140,8 @@ class ESM2Backbone(Backbone):
         "mlp_out": ("fc2",),
     }
     adapter_sites = {"attention_out": "self_attn.out_proj", "mlp_in": "fc1", "mlp_out": "fc2"}
+    resumes_at_blocks = True  # run_block keeps no state between blocks: a forward may start at any block
+    after_block_paths = ("model.emb_layer_norm_after",)
 
     def __init__(self, name: str = "esm2_t6_8M_UR50D", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, attention_heads: int | None = None,
@@ -173,6 +175,7 @@ class ESM2Backbone(Backbone):
         self.model = model
         self.embed_dim = model.embed_dim
         self.alphabet = model.alphabet
+        self.input_padding = {"tokens": model.padding_idx}
 
     @property
     def name(self) -> str:

@@ -126,6 +126,7 @@ class TorchaudioEncoder(Backbone):
     seq_dim = 1
     num_prefix_tokens = 0
     blocks_path = "model.encoder.transformer.layers"
+    resumes_at_blocks = True
 
     def __init__(self, name: str = "hubert_base", pretrained: bool = False, checkpoint_path: str | None = None,
                  num_layers: int | None = None, embed_dim: int | None = None, num_heads: int | None = None,
@@ -175,6 +176,10 @@ class TorchaudioEncoder(Backbone):
         self.adapter_sites = WAVLM_SITES if family == "wavlm" else WAV2VEC2_SITES
         self.freeze_feature_extractor = freeze_feature_extractor
         self._position_bias: Tensor | None = None
+        # the frozen-prefix cache (peftlab.model.prefix_cache): the CNN's output, or the states entering a block
+        self.front_end_path = "model.feature_extractor"
+        self.after_block_paths = () if model.encoder.transformer.layer_norm_first else \
+            ("model.encoder.transformer.layer_norm",)
 
     @property
     def name(self) -> str:
@@ -190,20 +195,36 @@ class TorchaudioEncoder(Backbone):
     def always_frozen(self) -> list[nn.Parameter]:
         return list(self.model.feature_extractor.parameters()) if self.freeze_feature_extractor else []
 
-    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    def front_end(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         waveforms, lengths = batch["waveforms"], batch.get("lengths")
         if self.normalize_waveform:  # per utterance, over its valid samples (as fairseq does)
             waveforms = _normalize(waveforms, lengths)
-        encoder = self.model.encoder
-        x, frame_lengths = self.model.feature_extractor(waveforms, lengths)
-        x = encoder.feature_projection(x)
-        frames = torch.arange(x.shape[1], device=x.device)[None, :]
+        features, frame_lengths = self.model.feature_extractor(waveforms, lengths)
+        frames = torch.arange(features.shape[1], device=features.device)[None, :]
         valid = frames < frame_lengths[:, None] if frame_lengths is not None else \
-            torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        return features, valid, valid
+
+    def embed_front_end(self, features: Tensor, valid: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        encoder = self.model.encoder
+        x = encoder.feature_projection(features)
         x = x.masked_fill(~valid[..., None], 0.0)
         x = encoder.transformer._preprocess(x)
         self._position_bias = None
         return x, valid, valid
+
+    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        features, valid, _ = self.front_end(batch)
+        return self.embed_front_end(features, valid, batch)
+
+    def resume_at_block(self, index: int) -> None:
+        self._position_bias = None
+
+    def prefix_refusal(self, depth: int) -> str | None:
+        if self.family == "wavlm" and depth > 0:
+            return ("torchaudio's WavLM computes its relative position bias in block 0 and hands it on; a forward "
+                    "starting at a later block would lack it (only the front end's output can be cached)")
+        return super().prefix_refusal(depth)
 
     def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
         if attn_mask.all():

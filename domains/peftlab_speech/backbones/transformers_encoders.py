@@ -127,6 +127,7 @@ class HFSpeechEncoder(Backbone):
     seq_dim = 1
     num_prefix_tokens = 0
     blocks_path = "model.encoder.layers"
+    resumes_at_blocks = True
 
     def __init__(self, name_or_path: str = "facebook/hubert-base-ls960", pretrained: bool = False,
                  family: str | None = None, num_layers: int | None = None, hidden_size: int | None = None,
@@ -243,6 +244,9 @@ class HFSpeechEncoder(Backbone):
             self.bypassed_modules = tuple(f"attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
         self.adapter_sites = HF_WAVLM_SITES if family == "wavlm" else HF_SITES
         self.freeze_feature_extractor = freeze_feature_extractor
+        # the frozen-prefix cache (peftlab.model.prefix_cache): the CNN's output, or the states entering a block
+        self.front_end_path = "model.feature_extractor"
+        self.after_block_paths = ("model.encoder.layer_norm",) if self.stable_layer_norm else ()
         if freeze_feature_extractor:
             # transformers' feature encoder marks its input as requiring grad in training (for gradient
             # checkpointing) unless told it is frozen; that would run backward through the frozen CNN
@@ -314,26 +318,38 @@ class HFSpeechEncoder(Backbone):
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
 
-    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        self._reset_state()
+    def front_end(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         waveforms, lengths = batch["waveforms"], batch.get("lengths")
         if self.normalize_waveform:
             waveforms = _hf_normalize(waveforms, lengths)
+        features = self.model.feature_extractor(waveforms).transpose(1, 2)
+        if lengths is not None:
+            frames = torch.arange(features.shape[1], device=features.device)[None, :]
+            valid = frames < self.frame_lengths(lengths.to(features.device))[:, None]
+        else:
+            valid = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        return features, valid, valid
+
+    def embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        features, valid, _ = self.front_end(batch)
+        return self.embed_front_end(features, valid, batch)
+
+    def embed_front_end(self, features: Tensor, valid: Tensor, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        self._reset_state()
         model, encoder = self.model, self.model.encoder
-        features = model.feature_extractor(waveforms).transpose(1, 2)
         x = model.feature_projection(features)
         x = x[0] if isinstance(x, tuple) else x  # wav2vec2 / WavLM also return the normalised features
-        frames = torch.arange(x.shape[1], device=x.device)[None, :]
-        if lengths is not None:
-            valid = frames < self.frame_lengths(lengths.to(x.device))[:, None]
+        if batch.get("lengths") is not None:
             x = x.masked_fill(~valid[..., None], 0.0)  # "make sure padded tokens output 0"
-        else:
-            valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         x = x + encoder.pos_conv_embed(x)
         if not self.stable_layer_norm:
             x = encoder.layer_norm(x)
         x = encoder.dropout(x)
         return x, valid, valid
+
+    def resume_at_block(self, index: int) -> None:
+        self._reset_state()
+        self._block_index = index
 
     def run_block(self, block: nn.Module, x: Tensor, attn_mask: Tensor) -> Tensor:
         index, self._block_index = self._block_index, self._block_index + 1
@@ -341,8 +357,8 @@ class HFSpeechEncoder(Backbone):
             # WavLM's attention takes the [B, T] mask itself (as a key padding mask) and a relative position
             # bias that the first block computes from its rel_attn_embed and every later block reuses
             bias = self._position_bias
-            if bias is not None and bias.shape[-1] != x.shape[1]:  # tokens were inserted after block 0
-                bias = self._relative_position_bias(x)
+            if (bias is not None and bias.shape[-1] != x.shape[1]) or (bias is None and index > 0):
+                bias = self._relative_position_bias(x)  # tokens inserted after block 0; a forward resumed later
             kwargs = {} if self.stable_layer_norm else {"index": index}
             x, self._position_bias = block(x, attention_mask=attn_mask, position_bias=bias, **kwargs)
             return x

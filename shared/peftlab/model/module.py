@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -12,10 +12,11 @@ from torch import Tensor
 
 from peftlab.backbone import Backbone, check_backbone_reads_data
 from peftlab.distributed import unwrapped_name
-from peftlab.errors import CheckpointFileError, NonFiniteLossError
+from peftlab.errors import CheckpointFileError, ConfigError, NonFiniteLossError
 from peftlab.methods import LoRA, Method, count_parameters
 from peftlab.model.cache import FeatureCache
-from peftlab.model.task_kinds import task_kind
+from peftlab.model.prefix_cache import DTYPES, PrefixCache, cache_key, depth_name, plan_prefix
+from peftlab.model.task_kinds import TaskKind, task_kind
 from peftlab.persistence.adapter import check_identity, shape_mismatches
 from peftlab.persistence.checkpoint_io import CHECKPOINT_KEY, FORMAT_VERSION, LOADED_FROM_KEY
 
@@ -74,6 +75,17 @@ class PeftModule(L.LightningModule):
         cache_frozen_features: with a fully frozen backbone (``linear_probe``),
             compute each example's features once (first epoch) and reuse them
             (see :class:`peftlab.cache.FeatureCache`).
+        cache_frozen_prefix: ``true``: compute the states entering the first trained block (or a
+            speech encoder's frozen front end's output) once per example and start every later
+            forward from them (see :mod:`peftlab.model.prefix_cache`); refuses, saying why, when a
+            trained parameter, a hook, dropout or batch norm sits below that block, or the data
+            module augments. ``auto``: the same where it can, else train without it (saying why).
+        prefix_cache_dir: keep the cached states on disk here (a folder per backbone, depth and
+            dtype), reused by later runs; None: in memory.
+        prefix_cache_memory_mb: the most megabytes the in-memory prefix cache keeps (examples past
+            it are recomputed each time).
+        prefix_cache_dtype: ``float32``, ``float16`` or ``bfloat16``; None: float32 in memory,
+            float16 on disk.
         pairs: each example is a pair of inputs that both go through the same
             adapted backbone (linked from the DataModule's ``pairs``; its batches
             hold the first sides' rows, then the second sides').
@@ -88,7 +100,10 @@ class PeftModule(L.LightningModule):
                  num_outputs: int = 1, label_names: list[str] | None = None, pooling: str = "mean",
                  head_hidden_dim: int | None = None, head_dropout: float = 0.1, lr: float = 1e-3,
                  head_lr: float | None = None, weight_decay: float = 0.01, warmup_fraction: float = 0.06,
-                 layer_weighted_sum: bool = False, cache_frozen_features: bool = False, pairs: bool = False,
+                 layer_weighted_sum: bool = False, cache_frozen_features: bool = False,
+                 cache_frozen_prefix: bool | Literal["auto"] = False, prefix_cache_dir: str | None = None,
+                 prefix_cache_memory_mb: float = 4096.0,
+                 prefix_cache_dtype: Literal["float32", "float16", "bfloat16"] | None = None, pairs: bool = False,
                  pair_combination: str = "symmetric", task_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.method = method if method is not None else LoRA()
@@ -108,6 +123,9 @@ class PeftModule(L.LightningModule):
             if not self.task.cacheable or pairs:
                 raise ValueError(f"cache_frozen_features supports sequence-level tasks on single inputs, not "
                                  f"{'pairs' if pairs else task_type}")
+        self.prefix_cache = self._build_prefix_cache(
+            cache_frozen_prefix, dict(directory=prefix_cache_dir, budget_mb=prefix_cache_memory_mb,
+                                      dtype=DTYPES[prefix_cache_dtype] if prefix_cache_dtype else None), pairs)
         layers = backbone.num_blocks + 1 if layer_weighted_sum else None
         if layer_weighted_sum and not backbone.token_sequence:
             raise ValueError(f"layer_weighted_sum needs per-layer token states, which {backbone.name} does not give")
@@ -129,6 +147,43 @@ class PeftModule(L.LightningModule):
         self.primary_metric = self.task.primary_metric
         # only trained state is checkpointed; loading checks what is missing itself
         self.strict_loading = False
+
+    def _build_prefix_cache(self, setting: bool | str, options: dict[str, Any], pairs: bool) -> PrefixCache | None:
+        """The frozen-prefix cache ``setting`` asks for (see the class docstring), or None."""
+        if setting not in (True, False, "auto"):
+            raise ConfigError(f"model.cache_frozen_prefix must be true, false or auto, got {setting!r}")
+        if setting is False:
+            return None
+        if self.feature_cache is not None:
+            reason = "cache_frozen_features already caches this linear probe's final features"
+        elif pairs or type(self.task).infer is not TaskKind.infer:
+            reason = (f"its batch rows are not one example each ({'pairs' if pairs else self.task.name} "
+                      f"runs the backbone on other inputs than the batch's examples)")
+        else:
+            plan = plan_prefix(self.backbone, output_layers=self.layer_weighted_sum)
+            if plan.depth is not None:
+                key = cache_key(self.backbone_identity, self.backbone_spec, plan.depth,
+                                options["dtype"] or (torch.float16 if options["directory"] else torch.float32))
+                return PrefixCache(plan.depth, key, **options)
+            reason = plan.reason
+        return self._no_prefix_cache(setting, reason)
+
+    def _no_prefix_cache(self, setting: bool | str, reason: str) -> None:
+        """Refuse (``true``) or say why the cache is off (``auto``)."""
+        message = (f"model.cache_frozen_prefix: method {self.method.name!r} on {self.backbone.name} has no "
+                   f"frozen prefix to cache: {reason}")
+        if setting is True:
+            raise ConfigError(message + " (set cache_frozen_prefix: auto to train without the cache then)")
+        print(f"peftlab: {message}; training without the prefix cache")
+        return None
+
+    def prefix_cache_summary(self) -> str:
+        """What the prefix cache keeps, for the start-of-fit line."""
+        c = self.prefix_cache
+        if c is None:
+            return ""
+        where = f"on disk in {c.store.directory}" if c.store.directory else "in memory"
+        return f"; caching {depth_name(c.depth)} per example {where} ({str(c.store.dtype).replace('torch.', '')})"
 
     # ---- parameters ------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, Tensor]:
@@ -162,6 +217,8 @@ class PeftModule(L.LightningModule):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         if self.feature_cache is not None:
             return self.head(self.feature_cache.features(self.backbone, batch, self.layer_weighted_sum))
+        if self.prefix_cache is not None:
+            return self.head(self.prefix_cache.forward(self.backbone, batch, self.layer_weighted_sum))
         return self.head(self.backbone(batch, output_layers=self.layer_weighted_sum))
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -246,13 +303,18 @@ class PeftModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.backbone, max(1, int(self.trainer.estimated_stepping_batches)))
-        if self.feature_cache is not None and getattr(self.trainer.datamodule, "augment", False):
+        augments = getattr(self.trainer.datamodule, "augment", False)
+        if self.feature_cache is not None and augments:
             raise ValueError("cache_frozen_features reuses each example's first features, but the data module "
                              "augments training examples (set augment: false, or turn the cache off)")
+        if self.prefix_cache is not None and augments:
+            self.prefix_cache = self._no_prefix_cache(
+                self.hparams.cache_frozen_prefix, f"the data module {type(self.trainer.datamodule).__name__} "
+                f"augments training examples (augment: true), so an example's states differ every epoch")
         s = self.parameter_summary()
         self.print(f"peftlab: method {self.method!r} on {self.backbone.name}: "
                    f"{s['trainable_params']:,} trainable of {s['total_params']:,} parameters "
-                   f"({100 * s['trainable_share']:.3f}%)")
+                   f"({100 * s['trainable_share']:.3f}%){self.prefix_cache_summary()}")
         if self.logger is not None:
             self.logger.log_hyperparams({k: v for k, v in s.items()})
 

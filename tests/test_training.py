@@ -145,11 +145,17 @@ def test_smoke_cli_fast_dev_run_every_segmentation_backbone_config_on_an_msd_fol
     from tests.medical.test_msd_data import task_folder
 
     root = task_folder(tmp_path, n=5)
-    shrink = ["--model.backbone.init_args.checkpoint_path=null", "--model.backbone.init_args.img_size=[16,16,16]",
-              "--model.backbone.init_args.feature_size=4", "--model.backbone.init_args.hidden_size=48",
-              "--model.backbone.init_args.mlp_dim=96", "--model.backbone.init_args.num_heads=4"]
+    if "SwinUNETR" in (CONFIGS / "medical" / backbone_yaml).read_text():
+        size = "[32,32,32]"  # SwinUNETR takes multiples of 32
+        shrink = ["--model.backbone.init_args.feature_size=12", "--model.backbone.init_args.depths=[1,1,1,1]",
+                  "--model.backbone.init_args.window_size=4", "--model.backbone.init_args.norm_name=batch"]
+    else:
+        size = "[16,16,16]"
+        shrink = ["--model.backbone.init_args.feature_size=4", "--model.backbone.init_args.hidden_size=48",
+                  "--model.backbone.init_args.mlp_dim=96", "--model.backbone.init_args.num_heads=4"]
+    shrink += ["--model.backbone.init_args.checkpoint_path=null", f"--model.backbone.init_args.img_size={size}"]
     main(["fit", *cfg(f"medical/{backbone_yaml}", "methods/lora.yaml", "medical/data/msd_hippocampus.yaml"), *shrink,
-          f"--data.root={root}", "--data.crop_size=[16,16,16]", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
+          f"--data.root={root}", f"--data.crop_size={size}", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
           "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 

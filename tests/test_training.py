@@ -145,12 +145,27 @@ def test_smoke_cli_fast_dev_run_every_segmentation_backbone_config_on_an_msd_fol
     from tests.medical.test_msd_data import task_folder
 
     root = task_folder(tmp_path, n=5)
-    shrink = ["--model.backbone.init_args.checkpoint_path=null", "--model.backbone.init_args.img_size=[16,16,16]",
-              "--model.backbone.init_args.feature_size=4", "--model.backbone.init_args.hidden_size=48",
-              "--model.backbone.init_args.mlp_dim=96", "--model.backbone.init_args.num_heads=4"]
+    if "SwinUNETR" in (CONFIGS / "medical" / backbone_yaml).read_text():
+        size = "[32,32,32]"  # SwinUNETR takes multiples of 32
+        shrink = ["--model.backbone.init_args.feature_size=12", "--model.backbone.init_args.depths=[1,1,1,1]",
+                  "--model.backbone.init_args.window_size=4", "--model.backbone.init_args.norm_name=batch"]
+    else:
+        size = "[16,16,16]"
+        shrink = ["--model.backbone.init_args.feature_size=4", "--model.backbone.init_args.hidden_size=48",
+                  "--model.backbone.init_args.mlp_dim=96", "--model.backbone.init_args.num_heads=4"]
+    shrink += ["--model.backbone.init_args.checkpoint_path=null", f"--model.backbone.init_args.img_size={size}"]
     main(["fit", *cfg(f"medical/{backbone_yaml}", "methods/lora.yaml", "medical/data/msd_hippocampus.yaml"), *shrink,
-          f"--data.root={root}", "--data.crop_size=[16,16,16]", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
+          f"--data.root={root}", f"--data.crop_size={size}", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
           "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_smoke_cli_fast_dev_run_the_image_masks_config_with_a_2d_swin_unetr(tmp_path):
+    from tests.medical.test_image_mask_data import pairs_folder
+
+    main(["fit", *cfg("medical/backbones/swin_unetr_tiny.yaml", "methods/lora.yaml", "medical/data/image_masks.yaml"),
+          f"--data.path={pairs_folder(tmp_path, n=6)}", "--model.backbone.init_args.img_size=[64,64]",
+          "--model.backbone.init_args.norm_name=instance", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
+          *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_smoke_cli_fast_dev_run_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
@@ -236,7 +251,8 @@ def test_every_yaml_is_covered_by_a_cli_test():
     covered |= {"trainer/ddp.yaml", "trainer/fsdp.yaml", "trainer/deepspeed.yaml"}  # parsed (and DDP run) in tests/test_scaling.py
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/data/medmnist.yaml",
                                                                         "medical/data/synthetic_lesion.yaml"}
-    covered |= {f"medical/{b}" for b in segmentation_backbone_configs()} | {"medical/data/msd_hippocampus.yaml"}
+    covered |= {f"medical/{b}" for b in segmentation_backbone_configs()} | {"medical/data/msd_hippocampus.yaml",
+                                                                              "medical/data/image_masks.yaml"}
     covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/data/{d}" for d in SPEECH_DATA}
     covered |= {f"paper/{p.name}" for p in (CONFIGS / "paper").glob("*.yaml")}  # dry-run and parse-checked in tests/test_sweep.py
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}

@@ -1,5 +1,5 @@
 """peftlab's medical imaging domain: timm backbones, MONAI data, imaging metrics and recipes."""
 
-from peftlab_medical.backbones import MonaiUNETRBackbone, TimmBackbone
+from peftlab_medical.backbones import MonaiSwinUNETRBackbone, MonaiUNETRBackbone, TimmBackbone
 
-__all__ = ["MonaiUNETRBackbone", "TimmBackbone"]
+__all__ = ["MonaiSwinUNETRBackbone", "MonaiUNETRBackbone", "TimmBackbone"]

@@ -199,12 +199,12 @@ class MonaiUNETRBackbone(Backbone):
         return f
 
 
-def _read_bundle_weights(path: str) -> dict[str, Tensor]:
+def _read_bundle_weights(path: str, network: str = "UNETR") -> dict[str, Tensor]:
     """The state dict of a MONAI bundle weights file (see the module docstring), keys as the network names them."""
     from pathlib import Path
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"UNETR checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{network} checkpoint {path} does not exist")
     state = load_weights_file(path, "MONAI bundle weights file")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -215,18 +215,21 @@ def _read_bundle_weights(path: str) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _load_into(net: nn.Module, state: dict[str, Tensor], path: str) -> None:
-    """Load ``state`` into the whole UNETR; keys of cross-attention layers that older MONAI versions
-    always created are dropped (as MONAI's ``ViT.load_old_state_dict`` does); anything else that does not
-    fit names the file."""
+UNETR_SHAPE_ARGS = "img_size, feature_size, hidden_size, mlp_dim, num_heads, in_channels, qkv_bias"
+
+
+def _load_into(net: nn.Module, state: dict[str, Tensor], path: str, network: str = "UNETR",
+               shape_args: str = UNETR_SHAPE_ARGS) -> None:
+    """Load ``state`` into the whole ``network`` (UNETR, SwinUNETR); keys of cross-attention layers that older
+    MONAI versions always created are dropped (as MONAI's ``ViT.load_old_state_dict`` does); anything else that
+    does not fit names the file and the arguments (``shape_args``) that decide the shapes."""
     expected = net.state_dict()
     state = {k: v for k, v in state.items() if k in expected or "cross_attn" not in k}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        raise CheckpointFileError(f"{path}: does not fit this UNETR (check img_size, feature_size, hidden_size, "
-                                  f"mlp_dim, num_heads, in_channels, qkv_bias): missing {missing[:3]}, "
+        raise CheckpointFileError(f"{path}: does not fit this {network} (check {shape_args}): missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}, shapes {wrong[:3]}")
     net.load_state_dict(state)
 

@@ -7,6 +7,7 @@
     image_folder  ImageFolderDataModule: one folder per class, optionally in train/ val/ test/
     image_csv     ImageCSVDataModule: a CSV manifest (``path,label`` or one 0/1 column per label)
     msd           MSDDataModule: a Medical Segmentation Decathlon task folder (segmentation, NIfTI volumes)
+    image_mask    ImageMaskDataModule: image + mask pairs (images/ + masks/ folders or a CSV manifest; segmentation)
 
 Three DataModules read three layouts, all producing :class:`ImageRecord` objects
 that MONAI transforms turn into items (see :mod:`.base` for the transform chain
@@ -26,6 +27,7 @@ import is importable from here.
 
 from peftlab_medical.data.base import IMAGE_TASK_TYPES, ImageRecord, MedicalImageDataModule, infer_task_type
 from peftlab_medical.data.image_csv import ImageCSVDataModule, ManifestRow, read_image_csv
+from peftlab_medical.data.image_mask import ImageMaskDataModule, read_image_mask_csv, read_image_mask_folder
 from peftlab_medical.data.image_folder import ImageFolderDataModule, scan_image_folder
 from peftlab_medical.data.medmnist import MedMNISTDataModule, read_medmnist
 from peftlab_medical.data.msd import MSDDataModule, read_msd_task
@@ -36,6 +38,7 @@ __all__ = [
     "IMAGE_TASK_TYPES",
     "ImageCSVDataModule",
     "ImageFolderDataModule",
+    "ImageMaskDataModule",
     "ImageRecord",
     "LoadImageRecordd",
     "MIN_IMAGE_SIDE",
@@ -46,6 +49,8 @@ __all__ = [
     "image_format",
     "infer_task_type",
     "read_image_csv",
+    "read_image_mask_csv",
+    "read_image_mask_folder",
     "read_medmnist",
     "read_msd_task",
     "scan_image_folder",

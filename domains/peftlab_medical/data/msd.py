@@ -119,25 +119,33 @@ class CheckCased(MapTransform):
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         image, label, cid = data["image"], data["label"], data["id"]
+        image_file, label_file = (_file_of(data, key) for key in ("image", "label"))
         if tuple(image.shape[1:]) != tuple(label.shape[1:]) or label.shape[0] != 1:
-            raise DataError(data["label"].meta.get("filename_or_obj", cid), cid,
+            raise DataError(label_file, cid,
                             f"label shape {list(label.shape)} does not fit image shape {list(image.shape)} "
                             f"(channel first; the label needs one channel and the image's voxels)")
         if hasattr(image, "affine") and hasattr(label, "affine") and not torch.allclose(
                 image.affine.double(), label.affine.double(), atol=self.atol):
-            raise DataError(label.meta.get("filename_or_obj", cid), cid,
+            raise DataError(label_file, cid,
                             f"label affine differs from the image's:\n{label.affine.numpy()}\n"
                             f"vs\n{image.affine.numpy()}")
         values = torch.unique(label.as_tensor() if hasattr(label, "as_tensor") else label)
         bad = [int(v) if v == int(v) else v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_classes]
         if bad:
-            raise DataError(label.meta.get("filename_or_obj", cid), cid,
+            raise DataError(label_file, cid,
                             f"label values {bad[:5]} are outside the declared classes 0..{self.num_classes - 1}")
         if not torch.isfinite(image).all():
-            raise DataError(image.meta.get("filename_or_obj", cid), cid, "the image holds NaN or infinite values")
+            raise DataError(image_file, cid, "the image holds NaN or infinite values")
         if image.numel() == 0 or float(image.max()) == float(image.min()):
-            raise DataError(image.meta.get("filename_or_obj", cid), cid, "the image is empty (every voxel equal)")
+            raise DataError(image_file, cid, "the image is empty (every voxel equal)")
         return data
+
+
+def _file_of(data: dict[str, Any], key: str) -> Any:
+    """The file a loaded ``key`` came from: its MONAI metadata, else the ``<key>_file`` the loader kept,
+    else the case id."""
+    meta = getattr(data[key], "meta", None) or {}
+    return meta.get("filename_or_obj") or data.get(f"{key}_file") or data["id"]
 
 
 class MSDDataModule(PeftDataModule):
@@ -214,10 +222,14 @@ class MSDDataModule(PeftDataModule):
         return split
 
     # ---- transforms, datasets, batches ---------------------------------------------------
+    def load_transforms(self) -> list[Any]:
+        """The start of every split's chain: read a case's image and label, and check them."""
+        return [LoadCased(), CheckCased(self.num_outputs)]
+
     def transform(self, split: str) -> Compose:
         """The MONAI chain of one split (see the module docstring)."""
         keys = ("image", "label")
-        chain: list[Any] = [LoadCased(), CheckCased(self.num_outputs)]
+        chain: list[Any] = self.load_transforms()
         if self.orientation:
             chain.append(Orientationd(keys=keys, axcodes=self.orientation))
         if self.spacing:

@@ -193,7 +193,7 @@ class Segmentation(TaskKind):
         if not hasattr(backbone, "segmentation_head"):
             raise ValueError(f"task_type segmentation needs a backbone with a segmentation decoder "
                              f"(segmentation_head), which {backbone.name} has not; e.g. "
-                             f"peftlab_medical.MonaiUNETRBackbone")
+                             f"peftlab_medical.MonaiUNETRBackbone or peftlab_medical.MonaiSwinUNETRBackbone")
         return backbone.segmentation_head(num_outputs)
 
     def build_metrics(self, num_outputs):

@@ -1,0 +1,138 @@
+"""2D image + mask pairs (ImageMaskDataModule): a folder of images/ and masks/ or a CSV manifest of
+PNG files written here; crops and augmentation on the train split only, whole images elsewhere;
+located errors for a missing mask, an unreadable file, image and mask of different sizes and mask
+values outside the declared classes; and a tiny 2D SwinUNETR that learns bright squares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from peftlab import PeftModule, build_method
+from peftlab.data import DataError
+from peftlab_medical import MonaiSwinUNETRBackbone
+from peftlab_medical.data import ImageMaskDataModule
+
+SIZE = 48
+
+
+def square(seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """A dim noisy image with one bright square (class 1) at a random place; the mask marks it."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, (size, size)).astype(np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    side = int(rng.integers(10, 18))
+    r, c = rng.integers(0, size - side, 2)
+    image[r:r + side, c:c + side] = rng.integers(180, 255, (side, side))
+    mask[r:r + side, c:c + side] = 1
+    return image, mask
+
+
+def pairs_folder(tmp_path: Path, n: int = 10, mask_scale: int = 1) -> Path:
+    root = tmp_path / "pairs"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        image, mask = square(i)
+        Image.fromarray(image).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask * mask_scale).save(root / "masks" / f"case{i}.png")
+    return root
+
+
+def data(path: Path, **kw) -> ImageMaskDataModule:
+    return ImageMaskDataModule(**{"path": str(path), "num_classes": 2, "crop_size": [32, 32], "val_fraction": 0.2,
+                                  "test_fraction": 0.2, "cache": False, "batch_size": 4, **kw})
+
+
+def test_a_folder_gives_training_crops_and_whole_evaluation_images(tmp_path):
+    module = data(pairs_folder(tmp_path), samples_per_image=2)
+    module.setup("fit")
+    assert module.split_sizes() == {"train": 6, "val": 2, "test": 2}
+    assert module.label_names == ["background", "class1"] and module.input_keys == ("images",)
+    train = next(iter(module.train_dataloader()))
+    assert train["images"].shape == (8, 1, 32, 32) and train["labels"].shape == (8, 1, 32, 32)
+    assert set(train["labels"].unique().tolist()) <= {0, 1}
+    val = next(iter(module.val_dataloader()))
+    assert val["images"].shape == (2, 1, SIZE, SIZE)
+    case = val["ids"][0]
+    image, mask = square(int(case.removeprefix("case")))
+    # whole images, min-max scaled, never augmented: exactly the files' pixels
+    expected = (image - image.min()) / float(image.max() - image.min())
+    torch.testing.assert_close(val["images"][0, 0], torch.as_tensor(expected, dtype=torch.float32))
+    assert torch.equal(val["labels"][0, 0], torch.as_tensor(mask, dtype=torch.long))
+
+
+def test_augmentation_runs_on_the_train_split_only(tmp_path):
+    module = data(pairs_folder(tmp_path), augment=True)
+    module.setup("fit")
+    randomised = lambda chain: [type(t).__name__ for t in chain.transforms if "Rand" in type(t).__name__]  # noqa: E731
+    assert {"RandFlipd", "RandCropByPosNegLabeld"} <= set(randomised(module.transform("train")))
+    assert randomised(module.transform("eval")) == []
+
+
+def test_a_csv_manifest_with_splits_and_white_on_black_masks(tmp_path):
+    pairs_folder(tmp_path, n=6, mask_scale=255)
+    rows = ["image,mask,split"] + [f"pairs/images/case{i}.png,pairs/masks/case{i}.png,{s}"
+                                   for i, s in enumerate(["train"] * 4 + ["val", "test"])]
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    module = data(manifest, label_names=["background", "lesion"], num_classes=None, mask_values=[0, 255])
+    module.setup("fit")
+    assert module.split_sizes() == {"train": 4, "val": 1, "test": 1}
+    val = next(iter(module.val_dataloader()))
+    assert val["ids"] == ["case4"]
+    assert torch.equal(val["labels"][0, 0], torch.as_tensor(square(4)[1], dtype=torch.long))
+    with pytest.raises(DataError, match=r"case\d.png, record case\d: label values \[255\] are outside .* 0..1"):
+        first_batch(data(manifest))  # 0/255 masks without mask_values
+
+
+def first_batch(module: ImageMaskDataModule) -> None:
+    module.setup("fit")
+    next(iter(module.train_dataloader()))
+
+
+def test_bad_pairs_are_located_errors(tmp_path):
+    root = pairs_folder(tmp_path, n=4)
+    whole = dict(val_fraction=0.0, test_fraction=0.0)
+    Image.fromarray(np.zeros((SIZE, SIZE - 2), np.uint8)).save(root / "masks" / "case1.png")
+    with pytest.raises(DataError, match=r"case1.png, record case1: label shape \[1, 48, 46\] does not fit image"):
+        first_batch(data(root, **whole))
+    Image.fromarray(np.full((SIZE, SIZE), 3, np.uint8)).save(root / "masks" / "case1.png")
+    with pytest.raises(DataError, match=r"case1.png, record case1: label values \[3\] are outside .* 0..1"):
+        first_batch(data(root, **whole))
+    (root / "masks" / "case1.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="case1.png, record case1: mask: cannot read the image"):
+        first_batch(data(root, **whole))
+    (root / "masks" / "case1.png").unlink()
+    with pytest.raises(DataError, match="case1.png, record case1: no mask of the same name"):
+        data(root).setup("fit")
+    with pytest.raises(ValueError, match="declare the classes"):
+        data(root, num_classes=None)
+    with pytest.raises(ValueError, match="label_names has 3 names but num_classes is 2"):
+        data(root, label_names=["a", "b", "c"])
+
+
+def test_a_tiny_swin_unetr_learns_bright_squares_above_the_all_background_baseline(tmp_path):
+    """Baselines: all-background scores foreground Dice 0 (no predicted square); all-foreground about
+    0.15 (the squares cover 8 % of an image on average: 2 * 0.08 / 1.08). Setup: 24 images of 48 x 48
+    (dim noise, one bright square of 10-17 px), 64 x 64 crops (padded), 2D SwinUNETR feature_size 12,
+    depths 1-1-1-1, full fine-tuning, lr 3e-3, 2 epochs of 3 batches of 8; validation Dice on the
+    held-out 6 whole images. Measured here: 0.62 after 2 epochs (the same run with the masks flipped,
+    so that they miss the squares: 0.09); the test asks for 0.3."""
+    module = data(pairs_folder(tmp_path, n=24 + 6), crop_size=[64, 64], val_fraction=0.2, test_fraction=0.0,
+                  batch_size=8, pos_fraction=0.5, augment=False)
+    L.seed_everything(0)
+    backbone = MonaiSwinUNETRBackbone(img_size=[64, 64], feature_size=12, depths=[1, 1, 1, 1], window_size=4)
+    model = PeftModule(backbone, build_method("full"), task_type="segmentation", num_outputs=2,
+                       label_names=module.label_names, lr=3e-3, task_options={"hd95": False})
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    dice = trainer.validate(model, datamodule=module, verbose=False)[0]["val/dice"]
+    assert dice > 0.3, dice  # all-background: 0

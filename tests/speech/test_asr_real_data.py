@@ -119,7 +119,7 @@ def test_lora_learns_to_transcribe_fsdd_digits(data_root, tmp_path):
     BiLSTM downstream, the frozen random front end 128 channels wide: test WER below one fixed word's 0.900."""
     lora = build_method("lora", r=8, alpha=16, targets="all-linear")
     results = fit_and_test_fsdd_asr(data_root, tmp_path, lora, FSDD_LORA_EPOCHS, {"conv_channels": 128},
-                                    lr=5e-3, layer_weighted_sum=True)
+                                    lr=5e-3, layer_weighted_sum=True, cache_frozen_prefix=True)
     print(f"FSDD as recognition, LoRA, {FSDD_LORA_EPOCHS} epochs: {results}")
     assert results["test/wer"] < FSDD_LORA_WER < 0.9
     assert results["test/cer"] < results["test/wer"]

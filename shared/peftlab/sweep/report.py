@@ -77,7 +77,7 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
     lines = [f"# {sweep.name}", "",
              f"Sweep `{show_path(sweep.path, sweep.root)}`, {len(sweep.seeds)} seed(s) {sweep.seeds}; machine: "
              f"{platform.machine()}, {os.cpu_count()} CPU cores. Metric: mean ± sample std over the seeds, the "
-             "95% confidence interval of the mean (Student t; from 2 seeds) and n = seeds that finished"
+             "95% confidence interval of the mean (Student t; given when at least 2 seeds finished) and n = seeds that finished"
              + (f"; vs {sweep.baseline}: the mean per-seed difference from the {sweep.baseline} row of the same "
                 "backbone over the seeds both finished, and the paired t-test's two-sided p-value (p - : "
                 "fewer than 2 pairs or identical differences)" if sweep.baseline else "") + ". Trainable params: trained parameters, head included, and their share of "

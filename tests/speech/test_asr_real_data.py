@@ -109,9 +109,11 @@ def test_full_fine_tuning_learns_to_transcribe_fsdd_digits(data_root, tmp_path):
 
 
 # LoRA leaves the random convolutional front end frozen: with 32 channels (the encoder above) it loses too much
-# of the audio and LoRA stayed at WER 0.93 after 8 epochs (docs/RESULTS.md section 10); a 128-channel random
-# front end keeps enough. Measured with exactly this setup, seed 0, on 2 shared CPU cores: see RESULTS.
-FSDD_LORA_EPOCHS, FSDD_LORA_WER = 7, 0.85
+# of the audio and LoRA stayed at WER 0.93 after 8 epochs; a 128-channel random front end keeps enough
+# (docs/RESULTS.md section 10). Its output is cached after the first epoch (cache_frozen_prefix), which makes the
+# 12 epochs take about as long as 3 without. Measured with exactly this setup, seed 0, 2 CPU cores: test WER
+# 0.500, CER 0.342, 103 s. The assertion leaves 0.35 of margin (runs of 7 epochs ended at 0.70 and 0.89).
+FSDD_LORA_EPOCHS, FSDD_LORA_WER = 12, 0.85
 
 
 def test_lora_learns_to_transcribe_fsdd_digits(data_root, tmp_path):
@@ -119,7 +121,7 @@ def test_lora_learns_to_transcribe_fsdd_digits(data_root, tmp_path):
     BiLSTM downstream, the frozen random front end 128 channels wide: test WER below one fixed word's 0.900."""
     lora = build_method("lora", r=8, alpha=16, targets="all-linear")
     results = fit_and_test_fsdd_asr(data_root, tmp_path, lora, FSDD_LORA_EPOCHS, {"conv_channels": 128},
-                                    lr=5e-3, layer_weighted_sum=True, cache_frozen_prefix=True)
+                                    lr=3e-3, layer_weighted_sum=True, cache_frozen_prefix=True)
     print(f"FSDD as recognition, LoRA, {FSDD_LORA_EPOCHS} epochs: {results}")
     assert results["test/wer"] < FSDD_LORA_WER < 0.9
     assert results["test/cer"] < results["test/wer"]

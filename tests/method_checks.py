@@ -166,3 +166,16 @@ def check_empty_prefix_matches_library(make_backbone, batch) -> None:
         for m in extended:
             m.prefix = KVPrefix(0, m.prefix.keys.shape[1])
         torch.testing.assert_close(prefixed(batch).hidden, base(batch).hidden, rtol=0, atol=2e-6)
+
+
+def linear(i: int, o: int, bias: bool = True) -> int:
+    """Parameters of an ``i -> o`` linear layer (with its bias unless ``bias`` is False)."""
+    return i * o + (o if bias else 0)
+
+
+def volume_batch() -> dict:
+    """Two random 32^3 single-channel volumes with regression labels (a segmentation encoder under a
+    regression head: what the method matrix runs on MONAI's networks)."""
+    g = torch.Generator().manual_seed(0)
+    return {"images": torch.randn(2, 1, 32, 32, 32, generator=g), "labels": torch.tensor([0.5, -1.0]),
+            "ids": ["a", "b"]}

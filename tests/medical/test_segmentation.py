@@ -159,11 +159,9 @@ def test_segmentation_adapter_round_trip_keeps_task_options(tmp_path):
         assert torch.equal(back(x), module.eval()(x))
 
 
-def _bundle(tmp_path, wrap: str | None, **kw):
-    with torch.random.fork_rng():
-        torch.manual_seed(123)
-        net = UNETR(in_channels=1, out_channels=kw.pop("out", 3), img_size=[32, 32, 32], feature_size=4,
-                    hidden_size=48, mlp_dim=96, num_heads=4, **kw).eval()
+def write_bundle(net, tmp_path, wrap: str | None):
+    """``net``'s state dict as a MONAI bundle's ``models/model.pt``: plain, under ``"model"`` or with
+    DDP's ``module.`` prefix (``wrap``: None, ``model``, ``ddp``); its path."""
     state = net.state_dict()
     if wrap == "model":
         state = {"model": state}
@@ -171,7 +169,15 @@ def _bundle(tmp_path, wrap: str | None, **kw):
         state = {f"module.{k}": v for k, v in state.items()}
     path = tmp_path / "model.pt"
     torch.save(state, path)
-    return net, path
+    return path
+
+
+def _bundle(tmp_path, wrap: str | None, **kw):
+    with torch.random.fork_rng():
+        torch.manual_seed(123)
+        net = UNETR(in_channels=1, out_channels=kw.pop("out", 3), img_size=[32, 32, 32], feature_size=4,
+                    hidden_size=48, mlp_dim=96, num_heads=4, **kw).eval()
+    return net, write_bundle(net, tmp_path, wrap)
 
 
 @pytest.mark.parametrize("wrap", [None, "model", "ddp"])

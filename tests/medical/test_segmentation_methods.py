@@ -8,13 +8,13 @@ not counted here (tests/medical/test_segmentation.py counts it)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from peftlab import METHODS
 from peftlab_medical import MonaiUNETRBackbone
 
 from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,
-                                  check_empty_prefix_matches_library, check_method_guarantees, target_shape_count)
+                                  check_empty_prefix_matches_library, check_method_guarantees, linear,
+                                  target_shape_count, volume_batch)
 
 UNETR = dict(img_size=[32, 32, 32], feature_size=4, hidden_size=48, mlp_dim=96, num_heads=4)
 D, F, L, T = 48, 96, 12, 8  # width, MLP width, blocks (UNETR always has 12), patches of a 32^3 input
@@ -23,16 +23,6 @@ PATCH = 16 ** 3  # one input channel, 16^3 patches
 
 def make(seed: int = 0) -> MonaiUNETRBackbone:
     return MonaiUNETRBackbone(**UNETR, seed=seed)
-
-
-def batch() -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {"images": torch.randn(2, 1, 32, 32, 32, generator=g), "labels": torch.tensor([0.5, -1.0]),
-            "ids": ["a", "b"]}
-
-
-def linear(i: int, o: int, bias: bool = True) -> int:
-    return i * o + (o if bias else 0)
 
 
 BLOCK = 2 * D + linear(D, 3 * D, bias=False) + linear(D, D) + 2 * D + linear(D, F) + linear(F, D)
@@ -62,8 +52,8 @@ def test_every_registered_method_is_in_the_unetr_matrix():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_methods_on_unetr_encoder(name, tmp_path):
-    check_method_guarantees(make, batch(), name, OPTIONS.get(name, {}), EXPECTED[name], D, tmp_path)
+    check_method_guarantees(make, volume_batch(), name, OPTIONS.get(name, {}), EXPECTED[name], D, tmp_path)
 
 
 def test_prefix_attention_without_tokens_is_monais_own_attention():
-    check_empty_prefix_matches_library(make, batch())
+    check_empty_prefix_matches_library(make, volume_batch())

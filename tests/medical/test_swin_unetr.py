@@ -16,6 +16,8 @@ from peftlab.model.loading import load_adapter
 from peftlab.persistence.adapter import save_adapter
 from peftlab_medical import MonaiSwinUNETRBackbone
 
+from tests.medical.test_segmentation import write_bundle
+
 TINY_3D = dict(img_size=[32, 32, 32], feature_size=12, depths=[1, 1, 1, 1], window_size=4, norm_name="batch")
 TINY_2D = dict(img_size=[64, 64], feature_size=12, depths=[1, 1, 1, 1], window_size=4)
 MONAI_ARGS = ("feature_size", "depths", "window_size", "norm_name")
@@ -78,14 +80,7 @@ def test_segmentation_adapter_round_trip_and_sliding_windows(tmp_path):
 
 def _bundle(tmp_path, wrap: str | None, shape: dict = TINY_3D, out: int = 3):
     net = monai_net(shape, out=out, seed=123)
-    state = net.state_dict()
-    if wrap == "model":
-        state = {"model": state}
-    elif wrap == "ddp":
-        state = {f"module.{k}": v for k, v in state.items()}
-    path = tmp_path / "model.pt"
-    torch.save(state, path)
-    return net, path
+    return net, write_bundle(net, tmp_path, wrap)
 
 
 @pytest.mark.parametrize("wrap", [None, "model", "ddp"])

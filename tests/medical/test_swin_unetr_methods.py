@@ -8,13 +8,12 @@ and is not counted here (tests/medical/test_swin_unetr.py counts it)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from peftlab import METHODS, build_method
 from peftlab_medical import MonaiSwinUNETRBackbone
 
 from tests.method_checks import (SMALL_OPTIONS, TARGET_SHAPE_METHODS, adapter_family_count,
-                                  check_method_guarantees, target_shape_count)
+                                  check_method_guarantees, linear, target_shape_count, volume_batch)
 
 # 32^3 leaves one voxel at the deepest stage, which the decoder's instance norm cannot train on: the matrix
 # never runs the decoder (its head is a linear regression head), and norm_name only concerns the decoder
@@ -26,16 +25,6 @@ TABLE = (2 * 4 - 1) ** 3  # relative-position bias rows of a 4^3 window
 
 def make(seed: int = 0) -> MonaiSwinUNETRBackbone:
     return MonaiSwinUNETRBackbone(**SWIN, seed=seed)
-
-
-def batch() -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {"images": torch.randn(2, 1, 32, 32, 32, generator=g), "labels": torch.tensor([0.5, -1.0]),
-            "ids": ["a", "b"]}
-
-
-def linear(i: int, o: int, bias: bool = True) -> int:
-    return i * o + (o if bias else 0)
 
 
 def block(d: int, heads: int) -> int:
@@ -82,7 +71,7 @@ def test_every_registered_method_is_in_the_swin_unetr_matrix():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_methods_on_swin_unetr_encoder(name, tmp_path):
-    check_method_guarantees(make, batch(), name, OPTIONS.get(name, {}), EXPECTED[name], 16 * 24, tmp_path)
+    check_method_guarantees(make, volume_batch(), name, OPTIONS.get(name, {}), EXPECTED[name], 16 * 24, tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

@@ -119,3 +119,22 @@ def plain_lora_training(backbone, batches: list[dict], device, layers: str | Non
             sync()
             times.append(time.perf_counter() - t0)
     return times, sum(p.numel() for p in params)
+
+
+def epoch_clock():
+    """A Lightning callback recording each training epoch's wall seconds (``.seconds``)."""
+    import time
+
+    import lightning as L
+
+    class EpochClock(L.Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochClock()

@@ -13,25 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import lightning as L
 import torch
 
+from _shared import epoch_clock
+
 from peftlab import PeftModule, build_method
 from peftlab_protein import ESM2Backbone
 from peftlab_protein.synthetic import SyntheticMotifDataModule
-
-
-class EpochClock(L.Callback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def run(cache: bool, args) -> list[float]:
@@ -41,7 +31,7 @@ def run(cache: bool, args) -> list[float]:
                         cache_frozen_features=cache)
     data = SyntheticMotifDataModule(num_sequences=args.sequences, min_length=100, max_length_residues=128,
                                     batch_size=16, val_fraction=0.05, test_fraction=0.05)
-    clock = EpochClock()
+    clock = epoch_clock()
     L.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
               limit_val_batches=0, callbacks=[clock]).fit(module, datamodule=data)

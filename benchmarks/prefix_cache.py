@@ -28,27 +28,11 @@ import warnings
 
 import torch
 
-from _shared import cpu_model, plain_lora_training, random_batches, reference_backbone
+from _shared import cpu_model, epoch_clock, plain_lora_training, random_batches, reference_backbone
 
 SEED, DATA_SEED = 0, 1234
 ESM_DEPTH_NAME = "esm2_t33_650M_UR50D"
 TRAINED_BLOCKS = 8
-
-
-def epoch_clock():
-    import lightning as L
-
-    class EpochClock(L.Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochClock()
 
 
 def peftlab_epochs(backbone, method, batches: list[dict], epochs: int, cache: bool) -> tuple[list[float], object]:

@@ -168,6 +168,15 @@ def test_smoke_cli_fast_dev_run_the_image_masks_config_with_a_2d_swin_unetr(tmp_
           *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
+def test_smoke_cli_fast_dev_run_the_dicom_series_config_with_a_tiny_unetr(tmp_path):
+    from tests.medical.test_dicom_series_data import manifest
+
+    main(["fit", *cfg("medical/backbones/unetr_tiny.yaml", "methods/lora.yaml", "medical/data/dicom_series.yaml"),
+          f"--data.manifest={manifest(tmp_path, n=5)}", "--model.backbone.init_args.img_size=[16,16,16]",
+          "--data.crop_size=[16,16,16]", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
+          *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
 def test_smoke_cli_fast_dev_run_the_medmnist_config_on_an_npz_given_on_the_command_line(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {}
@@ -252,7 +261,8 @@ def test_every_yaml_is_covered_by_a_cli_test():
     covered |= {f"medical/{b}" for b in imaging_backbone_configs()} | {"medical/data/medmnist.yaml",
                                                                         "medical/data/synthetic_lesion.yaml"}
     covered |= {f"medical/{b}" for b in segmentation_backbone_configs()} | {"medical/data/msd_hippocampus.yaml",
-                                                                              "medical/data/image_masks.yaml"}
+                                                                              "medical/data/image_masks.yaml",
+                                                                              "medical/data/dicom_series.yaml"}
     covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/data/{d}" for d in SPEECH_DATA}
     covered |= {f"paper/{p.name}" for p in (CONFIGS / "paper").glob("*.yaml")}  # dry-run and parse-checked in tests/test_sweep.py
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}

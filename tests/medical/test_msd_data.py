@@ -1,7 +1,8 @@
 """The Medical Segmentation Decathlon DataModule on tiny NIfTI task folders written here
 with nibabel (the real format): splits and the recorded split file, training crops and
 whole-volume batches, located errors naming the case, and ``predict`` writing one NIfTI
-mask per case with the input's affine plus per-case Dice in predictions.csv."""
+mask per case with the input's affine plus per-case Dice / HD95 / NSD in predictions.csv, whose NSD
+columns average to the logged ``test/nsd_per_class/<class>``."""
 
 from __future__ import annotations
 
@@ -135,10 +136,17 @@ def test_predict_writes_a_mask_per_case_with_the_input_affine_and_per_case_score
     rows = list(csv.DictReader(out.open()))
     test_ids = sorted(c["id"] for c in data.splits["test"])
     assert sorted(r["id"] for r in rows) == test_ids and len(rows) == 2
-    assert {"dice/background", "dice/Anterior", "dice/Posterior", "hd95/Posterior"} <= set(rows[0])
+    assert {"dice/background", "dice/Anterior", "dice/Posterior", "hd95/Posterior", "nsd/Anterior",
+            "nsd/Posterior"} <= set(rows[0])
     for row in rows:
         mask = nib.load(row["mask"])
         source = nib.load(root / "imagesTr" / f"{row['id']}.nii.gz")
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
         assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
-        assert 0.0 <= float(row["dice/background"]) <= 1.0
+        assert 0.0 <= float(row["dice/background"]) <= 1.0 and 0.0 <= float(row["nsd/background"]) <= 1.0
+    tested = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=tmp_path).test(model, datamodule=data, verbose=False)[0]
+    for name in ("Anterior", "Posterior"):  # logged per class name: the mean of the per-case column
+        per_case = [float(r[f"nsd/{name}"]) for r in rows]
+        assert tested[f"test/nsd_per_class/{name}"] == pytest.approx(np.nanmean(per_case), abs=1e-6)
+    assert "test/nsd" in tested and "test/nsd_per_class/background" in tested

@@ -1,4 +1,4 @@
-"""The segmentation task kind and MONAI's UNETR as a backbone: Dice / HD95 numbers on
+"""The segmentation task kind and MONAI's UNETR as a backbone: Dice / HD95 / NSD numbers on
 hand-built masks, cases cut back to their own size, sliding-window inference, the
 encoder / decoder split (bit-identical to MONAI's own UNETR), and loading a MONAI
 bundle ``model.pt`` written here with a random-init network."""
@@ -44,6 +44,42 @@ def test_dice_and_hd95_of_a_shifted_cube():
     assert math.isnan(out["dice_per_class"][2].item())
     assert out["hd95"].item() == pytest.approx(1.0)
     assert out["dice_per_class"][0].item() > 0.98  # background, 1728 - 80 voxels agreeing
+
+
+def test_nsd_of_a_shifted_cube_within_and_beyond_the_tolerance():
+    """The same cubes, one voxel apart. Surface voxels of a 4^3 cube: 64 - 2^3 = 56 each. Tolerance 1:
+    every surface voxel lies within one voxel of the other surface, NSD 1. Tolerance 0.5: only voxels on
+    both surfaces count: in the 3 shared x-slices, x=3 (the prediction's face: 16, of which the target's
+    surface has the 12 on its y/z rim), x=4 (the rim, 12 in both), x=5 (the target's face, 12 of the
+    prediction's): 36 of 56 each way, NSD (36 + 36) / (56 + 56) = 9/14."""
+    within = SegmentationScores(num_classes=3, nsd_tolerance=1.0)
+    within.update(cube(3)[None], cube(2)[None])
+    assert within.compute()["nsd"].item() == pytest.approx(1.0)
+    beyond = SegmentationScores(num_classes=3, nsd_tolerance=0.5)
+    beyond.update(cube(3)[None], cube(2)[None])
+    out = beyond.compute()
+    assert out["nsd"].item() == pytest.approx(9 / 14) and out["nsd_per_class"][1].item() == pytest.approx(9 / 14)
+    assert math.isnan(out["nsd_per_class"][2].item())  # in neither mask: left out of the mean
+    off = SegmentationScores(num_classes=3, nsd_tolerance=None)
+    off.update(cube(3)[None], cube(2)[None])
+    assert math.isnan(off.compute()["nsd"].item()) and off.compute()["dice"].item() == pytest.approx(0.75)
+
+
+def test_nsd_is_zero_for_a_structure_predicted_nowhere():
+    scores = SegmentationScores(num_classes=2)
+    scores.update([torch.zeros(12, 12, 12, dtype=torch.long)], [cube(2)])
+    assert scores.compute()["nsd"].item() == 0.0
+
+
+def test_nsd_options_reach_the_metric_and_are_checked():
+    kind = task_kind("segmentation")
+    assert kind.options["nsd"] is True and kind.options["nsd_tolerance"] == 1.0
+    metric = kind.with_options({"nsd_tolerance": 0.5}).build_metrics(3)["dice"]
+    metric.update(cube(3)[None], cube(2)[None])
+    assert metric.compute()["nsd"].item() == pytest.approx(9 / 14)
+    assert kind.with_options({"nsd": False}).build_metrics(3)["dice"].nsd_tolerance is None
+    with pytest.raises(ValueError, match="nsd_tolerance must be a finite number of voxels >= 0, got -1"):
+        kind.with_options({"nsd_tolerance": -1})
 
 
 def test_all_background_scores_zero_dice_and_cases_average():

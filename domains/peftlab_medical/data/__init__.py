@@ -7,6 +7,7 @@
     image_folder  ImageFolderDataModule: one folder per class, optionally in train/ val/ test/
     image_csv     ImageCSVDataModule: a CSV manifest (``path,label`` or one 0/1 column per label)
     msd           MSDDataModule: a Medical Segmentation Decathlon task folder (segmentation, NIfTI volumes)
+    dicom_series  DicomSeriesDataModule: DICOM series folders + NIfTI masks from a CSV (segmentation, 3D)
     image_mask    ImageMaskDataModule: image + mask pairs (images/ + masks/ folders or a CSV manifest; segmentation)
 
 Three DataModules read three layouts, all producing :class:`ImageRecord` objects
@@ -25,6 +26,7 @@ Every name of the former ``peftlab_medical.data`` module that configs
 import is importable from here.
 """
 
+from peftlab_medical.data.dicom_series import DicomSeriesDataModule, read_dicom_series_manifest
 from peftlab_medical.data.base import IMAGE_TASK_TYPES, ImageRecord, MedicalImageDataModule, infer_task_type
 from peftlab_medical.data.image_csv import ImageCSVDataModule, ManifestRow, read_image_csv
 from peftlab_medical.data.image_mask import ImageMaskDataModule, read_image_mask_csv, read_image_mask_folder
@@ -34,6 +36,7 @@ from peftlab_medical.data.msd import MSDDataModule, read_msd_task
 from peftlab_medical.data.transforms import IMAGE_SUFFIXES, MIN_IMAGE_SIDE, LoadImageRecordd, image_format
 
 __all__ = [
+    "DicomSeriesDataModule",
     "IMAGE_SUFFIXES",
     "IMAGE_TASK_TYPES",
     "ImageCSVDataModule",
@@ -48,6 +51,7 @@ __all__ = [
     "MedicalImageDataModule",
     "image_format",
     "infer_task_type",
+    "read_dicom_series_manifest",
     "read_image_csv",
     "read_image_mask_csv",
     "read_image_mask_folder",

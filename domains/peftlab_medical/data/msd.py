@@ -89,12 +89,13 @@ def read_msd_task(root: str | Path) -> tuple[list[dict[str, str]], list[str], di
 
 
 class LoadCased(MapTransform):
-    """MONAI's ``LoadImaged`` + ``EnsureChannelFirstd`` on ``image`` and ``label``, a file that cannot be
-    read being a DataError naming it and the case."""
+    """MONAI's ``LoadImaged`` + ``EnsureChannelFirstd`` on ``image`` (``image_reader``: NIfTI by default)
+    and ``label`` (NIfTI), a file that cannot be read being a DataError naming it and the case."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_reader: Any = "NibabelReader") -> None:
         super().__init__(keys=("image", "label"))
-        self.loaders = {key: LoadImaged(keys=key, reader="NibabelReader", image_only=True) for key in self.keys}
+        readers = {"image": image_reader, "label": "NibabelReader"}
+        self.loaders = {key: LoadImaged(keys=key, reader=readers[key], image_only=True) for key in self.keys}
         self.channel_first = EnsureChannelFirstd(keys=self.keys)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:

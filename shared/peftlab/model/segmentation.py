@@ -63,28 +63,36 @@ def cases(values: Tensor, shapes: Tensor | None) -> list[Tensor]:
             for v, shape in zip(values, shapes.tolist())]
 
 
-def case_scores(pred: Tensor, target: Tensor, num_classes: int, hd95: bool = True) -> Tensor:
-    """``[2, C]``: MONAI's Dice and 95th-percentile Hausdorff distance (in voxels) of every class
-    (background first) for one case, from class-index maps ``[*spatial]``. Dice of a class absent
-    from both masks is NaN (MONAI's ``ignore_empty``); HD95 where either mask lacks the class is NaN
-    (MONAI gives NaN or inf there: no surface to measure from), and left out of the means."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance
+def case_scores(pred: Tensor, target: Tensor, num_classes: int, hd95: bool = True,
+                nsd_tolerance: float | None = 1.0) -> Tensor:
+    """``[3, C]``: MONAI's Dice, 95th-percentile Hausdorff distance and normalised surface Dice (NSD)
+    of every class (background first) for one case, from class-index maps ``[*spatial]``. Distances are
+    in voxels (the batches carry no spacing; resample with the data's ``spacing`` to make voxels mm).
+    Dice of a class absent from both masks is NaN (MONAI's ``ignore_empty``); HD95 where either mask
+    lacks the class is NaN (MONAI gives NaN or inf there: no surface to measure from), and left out of
+    the means. NSD (``compute_surface_dice``): the fraction of both surfaces within ``nsd_tolerance``
+    voxels of the other; NaN where neither mask has the class, 0 where one lacks it. ``hd95=False`` or
+    ``nsd_tolerance=None``: that row is NaN (not computed)."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
     from monai.networks.utils import one_hot
 
     p = one_hot(pred[None, None].long(), num_classes)  # [1, C, *spatial]
     t = one_hot(target[None, None].long(), num_classes)
-    dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0].float()
-    if not hd95:
-        return torch.stack([dice, torch.full_like(dice, math.nan)])
+    dice = compute_dice(p, t, include_background=True, ignore_empty=True)[0].float().cpu()
+    hd = nsd = torch.full_like(dice, math.nan)
     with warnings.catch_warnings():  # MONAI warns for every class a mask lacks; those values are NaN
         warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95)[0].float().cpu()
-    hd = torch.where(torch.isfinite(hd), hd, torch.full_like(hd, math.nan))
-    return torch.stack([dice.cpu(), hd])
+        if hd95:
+            hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95)[0].float().cpu()
+            hd = torch.where(torch.isfinite(hd), hd, torch.full_like(hd, math.nan))
+        if nsd_tolerance is not None:
+            nsd = compute_surface_dice(p, t, [float(nsd_tolerance)] * num_classes,
+                                       include_background=True)[0].float().cpu()
+    return torch.stack([dice, hd, nsd])
 
 
 class SegmentationScores(tm.Metric):
-    """Dice and HD95 per class and their means over the foreground classes, over every case seen.
+    """Dice, HD95 and NSD per class and their means over the foreground classes, over every case seen.
 
     Why a torchmetrics wrapper around MONAI's functions: MONAI's cumulative metrics
     (``DiceMetric``, ``HausdorffDistanceMetric``) keep their buffers in Python lists that
@@ -95,33 +103,45 @@ class SegmentationScores(tm.Metric):
 
     ``update(preds, target)``: class-index maps ``[B, *spatial]`` or lists of per-case maps (whole
     volumes of different sizes). ``compute()``: ``{"dice", "dice_per_class", "hd95",
-    "hd95_per_class"}``; per-class vectors have one entry per class, background first (logged
-    under the data's class names), the plain ``dice`` and ``hd95`` average the foreground classes
-    (each class first averaged over the cases that have it).
+    "hd95_per_class", "nsd", "nsd_per_class"}``; per-class vectors have one entry per class, background
+    first (logged under the data's class names), the plain ``dice``, ``hd95`` and ``nsd`` average the
+    foreground classes (each class first averaged over the cases that have it). ``hd95=False`` /
+    ``nsd_tolerance=None``: that metric is not computed (NaN).
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, num_classes: int, hd95: bool = True) -> None:
+    def __init__(self, num_classes: int, hd95: bool = True, nsd_tolerance: float | None = 1.0) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"segmentation needs at least 2 classes (background and one structure), got {num_classes}")
-        self.num_classes, self.with_hd95 = num_classes, hd95
+        check_nsd_tolerance(nsd_tolerance)
+        self.num_classes, self.with_hd95, self.nsd_tolerance = num_classes, hd95, nsd_tolerance
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor | list[Tensor], target: Tensor | list[Tensor]) -> None:
         for p, t in zip(preds, target):
             if p.shape != t.shape:
                 raise ValueError(f"prediction {tuple(p.shape)} and label {tuple(t.shape)} shapes differ")
-            self.scores.append(case_scores(p, t, self.num_classes, self.with_hd95)[None].to(self.device))
+            scores = case_scores(p, t, self.num_classes, self.with_hd95, self.nsd_tolerance)
+            self.scores.append(scores[None].to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        scores = dim_zero_cat(self.scores) if self.scores else torch.full((1, 2, self.num_classes), math.nan)
-        per_class = scores.nanmean(0)  # [2, C]: a class counts in the cases that have it
+        scores = dim_zero_cat(self.scores) if self.scores else torch.full((1, 3, self.num_classes), math.nan)
+        per_class = scores.nanmean(0)  # [3, C]: a class counts in the cases that have it
         foreground = per_class[:, 1:].nanmean(1)
         return {"dice": foreground[0], "dice_per_class": per_class[0],
-                "hd95": foreground[1], "hd95_per_class": per_class[1]}
+                "hd95": foreground[1], "hd95_per_class": per_class[1],
+                "nsd": foreground[2], "nsd_per_class": per_class[2]}
+
+
+def check_nsd_tolerance(tolerance: float | None) -> None:
+    """``None`` (NSD off) or a finite tolerance >= 0 in voxels, else a clear error naming the option."""
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not math.isfinite(tolerance) or tolerance < 0):
+        raise ValueError(f"segmentation task_options.nsd_tolerance must be a finite number of voxels >= 0, "
+                         f"got {tolerance!r}")
 
 
 def sliding_window_logits(model: torch.nn.Module, images: Tensor, roi_size: list[int], overlap: float,
@@ -168,18 +188,26 @@ class Segmentation(TaskKind):
     or ``constant``), ``loss`` (``dice_ce``, ``dice``, ``dice_focal``), ``lambda_dice``, ``lambda_other``
     (CE or focal weight), ``loss_background`` (the Dice term includes the background), ``batch_dice`` (the
     Dice term over the whole batch, see :func:`peftlab.model.segmentation.build_loss`), ``hd95`` (compute
-    HD95; off saves time on large volumes)."""
+    HD95; off saves time on large volumes), ``nsd`` (compute the normalised surface Dice; off saves time) and
+    ``nsd_tolerance`` (how far, in voxels, a surface may lie from the other's and still count; default 1.0
+    voxel: the batches carry no spacing, so resample with the data's ``spacing`` to make it mm)."""
 
     name, primary_metric, cacheable = "segmentation", "dice", False
     default_options = {"roi_size": None, "overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian",
                        "loss": "dice_ce", "lambda_dice": 1.0, "lambda_other": 1.0, "loss_background": True,
-                       "batch_dice": True, "hd95": True}
+                       "batch_dice": True, "hd95": True, "nsd": True, "nsd_tolerance": 1.0}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         if self.options["loss"] not in LOSSES:
             raise ValueError(f"segmentation loss must be one of {', '.join(LOSSES)}, got {self.options['loss']!r}")
+        check_nsd_tolerance(self.options["nsd_tolerance"])
         self._loss: nn.Module | None = None  # built on first use: MONAI is imported only by segmentation runs
+
+    @property
+    def nsd_tolerance(self) -> float | None:
+        """The NSD tolerance in voxels, or ``None`` when ``nsd`` is off."""
+        return self.options["nsd_tolerance"] if self.options["nsd"] else None
 
     @property
     def loss(self) -> nn.Module:
@@ -197,7 +225,7 @@ class Segmentation(TaskKind):
         return backbone.segmentation_head(num_outputs)
 
     def build_metrics(self, num_outputs):
-        return tm.MetricCollection({"dice": SegmentationScores(num_outputs, hd95=self.options["hd95"])},
+        return tm.MetricCollection({"dice": SegmentationScores(num_outputs, self.options["hd95"], self.nsd_tolerance)},
                                    compute_groups=False)
 
     def infer(self, model, batch):
@@ -227,7 +255,7 @@ class Segmentation(TaskKind):
                "affines": list(batch["affines"].cpu()) if "affines" in batch else [None] * len(masks)}
         if "labels" in batch:
             labels = cases(batch["labels"].long().reshape(logits.shape[:1] + logits.shape[2:]), batch.get("shapes"))
-            out["scores"] = [case_scores(m, y, logits.shape[1], self.options["hd95"])
+            out["scores"] = [case_scores(m, y, logits.shape[1], self.options["hd95"], self.nsd_tolerance)
                              for m, y in zip(masks, labels)]
         return out
 
@@ -236,12 +264,12 @@ class Segmentation(TaskKind):
 
     def prediction_table(self, outputs, label_names):
         """One row per case: ``id``, ``mask`` (the NIfTI file) and, when the data had labels,
-        ``dice/<class>`` and ``hd95/<class>`` for every class, background first."""
+        ``dice/<class>``, ``hd95/<class>`` and ``nsd/<class>`` for every class, background first."""
         header, rows = ["id", "mask"], []
         for out in outputs:
             n = len(out["scores"][0][0]) if out.get("scores") else 0
             names = [str(c) for c in label_names] if label_names and len(label_names) == n else list(map(str, range(n)))
-            header = ["id", "mask"] + [f"{m}/{c}" for m in ("dice", "hd95") for c in names]
+            header = ["id", "mask"] + [f"{m}/{c}" for m in ("dice", "hd95", "nsd") for c in names]
             for i, id_ in enumerate(out["ids"]):
                 values = out["scores"][i].flatten().tolist() if out.get("scores") else []
                 rows.append([id_, out.get("masks_written", [""] * len(out["ids"]))[i]] + values)

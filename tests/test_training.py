@@ -108,12 +108,20 @@ SMALL_IMAGES = ["--data.init_args.num_images=40", "--data.init_args.batch_size=8
 
 
 def imaging_backbone_configs() -> list[str]:
-    """The classification backbones and setups (segmentation backbones: :func:`segmentation_backbone_configs`)."""
-    return [c for c in model_configs("medical") if "unetr" not in c]
+    """The classification backbones and setups (segmentation: :func:`segmentation_backbone_configs`,
+    :func:`image_segmentation_configs`)."""
+    segmentation = set(segmentation_backbone_configs()) | set(image_segmentation_configs())
+    return [c for c in model_configs("medical") if c not in segmentation]
 
 
 def segmentation_backbone_configs() -> list[str]:
+    """MONAI's 3D-capable networks (UNETR, SwinUNETR), run on an MSD task folder."""
     return [c for c in model_configs("medical") if "unetr" in c]
+
+
+def image_segmentation_configs() -> list[str]:
+    """2D segmentation with timm encoders and their decoders (``*_seg.yaml``, SAM), run on image + mask pairs."""
+    return [c for c in model_configs("medical") if c.endswith("_seg.yaml") or "sam" in Path(c).name]
 
 
 @pytest.mark.parametrize("method_yaml", method_configs())
@@ -157,6 +165,24 @@ def test_smoke_cli_fast_dev_run_every_segmentation_backbone_config_on_an_msd_fol
     main(["fit", *cfg(f"medical/{backbone_yaml}", "methods/lora.yaml", "medical/data/msd_hippocampus.yaml"), *shrink,
           f"--data.root={root}", f"--data.crop_size={size}", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
           "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("backbone_yaml", image_segmentation_configs())
+def test_smoke_cli_fast_dev_run_every_image_segmentation_config_on_image_mask_pairs(backbone_yaml, tmp_path):
+    # configs that name published weights run with a tiny random-init encoder of the same family at 32 px
+    from tests.medical.test_image_mask_data import pairs_folder
+
+    text = (CONFIGS / "medical" / backbone_yaml).read_text()
+    extra = [] if "method:" in text else cfg("methods/lora.yaml")
+    shrink = ["--model.backbone.init_args.pretrained=false", "--model.backbone.init_args.checkpoint_path=null",
+              "--model.backbone.init_args.depth=2", "--model.backbone.init_args.img_size=32",
+              "--model.backbone.init_args.in_chans=1", "--data.crop_size=[32,32]"]
+    if "samvit" in text:
+        shrink += ["--model.backbone.init_args.input_size=null", "--model.backbone.init_args.embed_dim=32",
+                   "--model.backbone.init_args.num_heads=2", "--model.backbone.init_args.window_size=2"]
+    main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/data/image_masks.yaml"),
+          f"--data.path={pairs_folder(tmp_path, n=6)}", *shrink, "--data.val_fraction=0.2",
+          "--data.test_fraction=0.2", "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 
 def test_smoke_cli_fast_dev_run_the_image_masks_config_with_a_2d_swin_unetr(tmp_path):

@@ -17,7 +17,7 @@ from peftlab.model.loading import load_adapter
 from peftlab.model.segmentation import SegmentationScores, cases
 from peftlab.model.task_kinds import task_kind
 from peftlab.persistence.adapter import save_adapter
-from peftlab_medical import MonaiUNETRBackbone, TimmBackbone
+from peftlab_medical import MonaiUNETRBackbone
 
 TINY = dict(img_size=[32, 32, 32], feature_size=4, hidden_size=48, mlp_dim=96, num_heads=4)
 
@@ -131,9 +131,10 @@ def test_task_options_are_checked():
 
 
 def test_segmentation_refuses_a_backbone_without_a_decoder():
-    vit = TimmBackbone(name="vit_tiny_patch16_224", img_size=32, depth=1, in_chans=1)
-    with pytest.raises(ValueError, match="needs a backbone with a segmentation decoder"):
-        PeftModule(vit, build_method("lora"), task_type="segmentation", num_outputs=3)
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="needs a backbone with a segmentation decoder.*which ESM-2 has not"):
+        task_kind("segmentation").build_head(SimpleNamespace(name="ESM-2"), 3)
 
 
 @pytest.mark.parametrize("img_size", [[32, 32, 32], [32, 48]])

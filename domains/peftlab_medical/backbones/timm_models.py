@@ -27,6 +27,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
+from peftlab_medical.backbones.timm_decoders import ProgressiveUpsamplingDecoder, seeded
 from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
 from peftlab.persistence.safe_load import refusing_unsafe_pickles
 
@@ -68,12 +69,18 @@ class TimmBackbone(Backbone):
             eval mode while training, so their running statistics stay those
             of the frozen backbone.
         seed: seed of the random initialisation.
+        decoder_channels: width of the segmentation decoder a ViT / DeiT gives ``task_type: segmentation``
+            (SETR-PUP, :mod:`peftlab_medical.backbones.timm_decoders`; SETR uses 256).
         gradient_checkpointing: recompute each block's activations in the backward instead of
             keeping them (less memory, more time). ViT / DeiT: the shared block loop's
             (:mod:`peftlab.backbone`); Swin / ResNet run timm's own forward, so timm's
             ``set_grad_checkpointing`` (non-reentrant unless ``TIMM_REENTRANT_CKPT`` is set; a
             batch norm that trains, as with ``full`` or ``bitfit`` on a ResNet, updates its running
             statistics once more in the recomputation).
+
+    Segmentation (``task_type: segmentation``): ViT / DeiT get SETR's progressive upsampling decoder
+    over the final patch tokens as the trained head (:meth:`segmentation_head`); training crops and
+    sliding windows have the model's ``img_size`` (``input_size``).
 
     Batch input: ``images`` ``[B, C, H, W]``. Features: the token sequence
     (ViT: class/register tokens then patches; Swin / CNN: the last stage's
@@ -85,12 +92,12 @@ class TimmBackbone(Backbone):
     def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
                  checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
                  depth: int | None = None, patch_size: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
-                 seed: int = 0, gradient_checkpointing: bool = False) -> None:
+                 seed: int = 0, decoder_channels: int = 256, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path, in_chans=in_chans,
                               img_size=img_size, depth=depth, patch_size=patch_size, drop_path_rate=drop_path_rate,
                               freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed,
-                              gradient_checkpointing=gradient_checkpointing)
+                              decoder_channels=decoder_channels, gradient_checkpointing=gradient_checkpointing)
         self.gradient_checkpointing = gradient_checkpointing
         kwargs = _create_options(name, pretrained, checkpoint_path, in_chans, img_size, depth, patch_size,
                                  drop_path_rate)
@@ -111,6 +118,7 @@ class TimmBackbone(Backbone):
             self.num_prefix_tokens = model.num_prefix_tokens
             self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
             self._block_names = [f"model.blocks.{i}" for i in range(len(model.blocks))]
+            self.input_size = tuple(model.patch_embed.img_size)  # segmentation crops and windows
         elif isinstance(model, SwinTransformer):
             self.family, self.token_sequence = "swin", False
             self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
@@ -136,6 +144,20 @@ class TimmBackbone(Backbone):
                 "in_chans": self.init_args["in_chans"], "img_size": self.init_args["img_size"],
                 "source": "pretrained" if self.init_args["pretrained"] or self.init_args["checkpoint_path"]
                 else "random"}
+
+    def segmentation_head(self, num_classes: int) -> nn.Module:
+        """The 2D segmentation decoder, a new seeded module (the task head, see
+        :mod:`peftlab_medical.backbones.timm_decoders`): SETR-PUP for ViT / DeiT."""
+        m, seed = self.model, self.init_args["seed"] + 1
+        if self.family == "vit":
+            patch = m.patch_embed.patch_size
+            if patch[0] != patch[1]:
+                raise ValueError(f"segmentation decoder: {self.init_args['name']} has non-square patches {patch}")
+            return seeded(lambda: ProgressiveUpsamplingDecoder(
+                self.embed_dim, m.patch_embed.grid_size, patch[0], self.num_prefix_tokens, num_classes,
+                self.init_args["decoder_channels"]), seed)
+        raise ValueError(f"{self.name}: timm segmentation decoders exist for ViT / DeiT, not {self.family} "
+                         f"(for a Swin encoder use peftlab_medical.MonaiSwinUNETRBackbone)")
 
     def block_names(self) -> list[str]:
         return list(self._block_names)

@@ -221,7 +221,8 @@ class Segmentation(TaskKind):
         if not hasattr(backbone, "segmentation_head"):
             raise ValueError(f"task_type segmentation needs a backbone with a segmentation decoder "
                              f"(segmentation_head), which {backbone.name} has not; e.g. "
-                             f"peftlab_medical.MonaiUNETRBackbone or peftlab_medical.MonaiSwinUNETRBackbone")
+                             f"peftlab_medical.MonaiUNETRBackbone, peftlab_medical.MonaiSwinUNETRBackbone or "
+                             f"peftlab_medical.TimmBackbone with a ViT / DeiT")
         return backbone.segmentation_head(num_outputs)
 
     def build_metrics(self, num_outputs):

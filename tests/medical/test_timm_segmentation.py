@@ -1,5 +1,6 @@
 """2D segmentation with timm encoders (TimmBackbone.segmentation_head): a tiny random-init ViT with
-SETR's progressive upsampling decoder gives per-pixel logits, the decoder trains as the head (exact
+SETR's progressive upsampling decoder, and a tiny SAM image encoder with a light mask decoder, give
+per-pixel logits, the decoder trains as the head (exact
 counts), a LoRA adapter reloads to identical logits, larger images run in sliding windows, and the
 model learns bright squares above the all-background baseline."""
 
@@ -19,8 +20,17 @@ from tests.medical.test_image_mask_data import data, pairs_folder
 TINY_VIT = dict(name="vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, in_chans=1, decoder_channels=16)
 
 
+# SAM's architecture shrunk: 32 wide, 2 heads, 2 windowed blocks (2 x 2 windows), 8 px patches, neck 256
+TINY_SAM = dict(name="samvit_base_patch16", img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2,
+                window_size=2, in_chans=1)
+
+
 def tiny_vit(**kw) -> TimmBackbone:
     return TimmBackbone(**{**TINY_VIT, **kw})
+
+
+def tiny_sam(**kw) -> TimmBackbone:
+    return TimmBackbone(**{**TINY_SAM, **kw})
 
 
 def test_a_vit_segments_at_its_input_size():
@@ -57,8 +67,34 @@ def test_decoder_trains_as_the_head_with_exact_counts():
     assert lora.parameter_summary()["trainable_params"] == decoder + factors
 
 
-def test_segmentation_adapter_round_trip_and_sliding_windows(tmp_path):
-    module = PeftModule(tiny_vit(), build_method("lora", r=2), task_type="segmentation", num_outputs=3)
+def test_sam_decoder_trains_as_the_head_with_exact_counts_and_lora_reaches_the_fused_qkv():
+    # ConvT 256->64 2x2 + LayerNorm2d(64) + ConvT 64->32 2x2 + 1x1 conv 32->3, all with biases
+    decoder = (256 * 64 * 4 + 64) + 2 * 64 + (64 * 32 * 4 + 32) + (32 * 3 + 3)
+    probe = PeftModule(tiny_sam(), build_method("linear_probe"), task_type="segmentation", num_outputs=3)
+    assert probe.parameter_summary()["trainable_params"] == decoder
+    lora = PeftModule(tiny_sam(), build_method("lora", r=4, targets="qkv"), task_type="segmentation", num_outputs=3)
+    assert lora.parameter_summary()["backbone_trainable_params"] == 2 * 4 * (32 + 3 * 32)
+    assert lora.parameter_summary()["trainable_params"] == decoder + 2 * 4 * (32 + 3 * 32)
+    with pytest.raises(ValueError, match="no target preset 'qv': timm fuses q, k and v into one Linear"):
+        PeftModule(tiny_sam(), build_method("lora", targets="qv"), task_type="segmentation", num_outputs=3)
+
+
+def test_sam_takes_another_input_size_than_its_weights_were_built_for():
+    """SAMed's 512 px inputs on SAM's 1024 px weights, shrunk: built at 64, run at 32 (timm resamples the
+    position embedding and relative positions); crops and windows then have input_size."""
+    backbone = tiny_sam(img_size=64, input_size=32)
+    assert backbone.input_size == (32, 32)
+    with torch.no_grad():
+        assert backbone.segmentation_head(3)(backbone({"images": torch.randn(2, 1, 32, 32)})).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="input_size applies to SAM encoders only"):
+        tiny_vit(input_size=64)
+    with pytest.raises(ValueError, match="must be a multiple of the patch size 8"):
+        tiny_sam(input_size=36)
+
+
+@pytest.mark.parametrize("build", [tiny_vit, tiny_sam])
+def test_segmentation_adapter_round_trip_and_sliding_windows(tmp_path, build):
+    module = PeftModule(build(), build_method("lora", r=2), task_type="segmentation", num_outputs=3)
     with torch.no_grad():
         for p in (*module.head.parameters(), *(p for p in module.backbone.parameters() if p.requires_grad)):
             p.add_(0.01 * torch.randn_like(p))
@@ -76,7 +112,8 @@ def test_families_without_a_timm_decoder_are_refused():
                    num_outputs=2)
 
 
-def test_a_tiny_vit_learns_bright_squares_above_the_all_background_baseline(tmp_path):
+@pytest.mark.parametrize("build", [tiny_vit])  # the tiny SAM stays at Dice 0 in this budget (not yet studied)
+def test_a_tiny_encoder_learns_bright_squares_above_the_all_background_baseline(tmp_path, build):
     """Baselines (the squares of test_image_mask_data): all-background scores foreground Dice 0,
     all-foreground about 0.15. Setup: 30 images of 48 x 48, 32 x 32 crops (half centred on a square),
     the tiny ViT (8 px patches) with SETR-PUP, full fine-tuning, lr 3e-3, 3 epochs of 3 batches of 8;
@@ -85,7 +122,7 @@ def test_a_tiny_vit_learns_bright_squares_above_the_all_background_baseline(tmp_
     module = data(pairs_folder(tmp_path, n=24 + 6), crop_size=[32, 32], val_fraction=0.2, test_fraction=0.0,
                   batch_size=8, pos_fraction=0.5, augment=False)
     L.seed_everything(0)
-    model = PeftModule(tiny_vit(), build_method("full"), task_type="segmentation", num_outputs=2,
+    model = PeftModule(build(), build_method("full"), task_type="segmentation", num_outputs=2,
                        label_names=module.label_names, lr=3e-3, task_options={"hd95": False, "nsd": False})
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -93,3 +130,22 @@ def test_a_tiny_vit_learns_bright_squares_above_the_all_background_baseline(tmp_
     trainer.fit(model, datamodule=module)
     dice = trainer.validate(model, datamodule=module, verbose=False)[0]["val/dice"]
     assert dice > 0.3, dice  # all-background: 0
+
+
+def test_the_samed_setup_composes_with_the_papers_recipe(tmp_path, capsys):
+    """SAMed's setup needs SAM's weights and Synapse: checked at the --print_config level (nothing is built);
+    the smoke tests in tests/test_training.py run it with a tiny random-init SAM."""
+    import yaml
+
+    from peftlab.cli import main
+    from tests.test_training import cfg
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *cfg("medical/setups/samed_synapse.yaml", "medical/data/image_masks.yaml"),
+              f"--data.path={tmp_path}", "--data.crop_size=[512,512]", "--print_config"])
+    assert exit_.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert {"name": "samvit_base_patch16.sa1b", "pretrained": True, "input_size": 512}.items() \
+        <= model["backbone"]["init_args"].items()
+    assert model["method"]["init_args"]["r"] == 4 and model["method"]["init_args"]["targets"] == "qkv"
+    assert model["task_options"]["lambda_dice"] == 0.8 and model["task_options"]["lambda_other"] == 0.2

@@ -24,10 +24,11 @@ import torch
 from timm.models.resnet import ResNet
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
-from peftlab_medical.backbones.timm_decoders import ProgressiveUpsamplingDecoder, seeded
+from peftlab_medical.backbones.timm_decoders import ProgressiveUpsamplingDecoder, SAMUpscalingDecoder, seeded
 from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
 from peftlab.persistence.safe_load import refusing_unsafe_pickles
 
@@ -41,6 +42,8 @@ TRANSFORMER_PRESETS = {
     "mlp_out": ("mlp.fc2",),
 }
 TRANSFORMER_SITES = {"attention_out": "attn.proj", "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
+QV_NOTE = {"qv": "timm fuses q, k and v into one Linear (attn.qkv), so LoRA cannot reach q and v alone; "
+                  "targets: qkv puts LoRA on the fused layer (all three: a superset of the q/v placement)"}
 RESNET_PRESETS = {
     "conv": ("conv1", "conv2", "conv3"),
     "conv3x3": ("conv2",),
@@ -61,7 +64,11 @@ class TimmBackbone(Backbone):
         in_chans: input channels (1 for grayscale scans).
         img_size: input size for ViT / DeiT / Swin (position embeddings are
             resized); CNNs take any size.
-        depth: number of blocks of a ViT (random init, or a local checkpoint of that depth).
+        depth: number of blocks of a ViT / SAM (random init, or a local checkpoint of that depth).
+        embed_dim, num_heads, window_size: sizes of a random-init ViT / SAM (window_size: SAM's
+            windowed attention) for offline tests.
+        input_size: SAM only: the segmentation crop and window size when it differs from the size the
+            weights were built for (``img_size``); SAMed trains SAM ViT-B (1024) at 512.
         patch_size: patch size of a ViT (e.g. 4 for 28 px MedMNIST images with a
             random-init model; timm resamples pretrained patch filters to it).
         drop_path_rate: stochastic depth.
@@ -79,8 +86,9 @@ class TimmBackbone(Backbone):
             statistics once more in the recomputation).
 
     Segmentation (``task_type: segmentation``): ViT / DeiT get SETR's progressive upsampling decoder
-    over the final patch tokens as the trained head (:meth:`segmentation_head`); training crops and
-    sliding windows have the model's ``img_size`` (``input_size``).
+    over the final patch tokens as the trained head (:meth:`segmentation_head`); SAM's image encoder
+    (``samvit_base_patch16``: windowed + global attention, a 256-channel neck, run by timm's forward) gets a
+    light decoder over its neck; training crops and sliding windows have ``input_size``.
 
     Batch input: ``images`` ``[B, C, H, W]``. Features: the token sequence
     (ViT: class/register tokens then patches; Swin / CNN: the last stage's
@@ -92,20 +100,25 @@ class TimmBackbone(Backbone):
     def __init__(self, name: str = "vit_small_patch16_224", pretrained: bool = False,
                  checkpoint_path: str | None = None, in_chans: int = 3, img_size: int | None = None,
                  depth: int | None = None, patch_size: int | None = None, drop_path_rate: float = 0.0, freeze_batchnorm_stats: bool = True,
-                 seed: int = 0, decoder_channels: int = 256, gradient_checkpointing: bool = False) -> None:
+                 seed: int = 0, decoder_channels: int = 256, embed_dim: int | None = None, num_heads: int | None = None,
+                 window_size: int | None = None, input_size: int | None = None,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.init_args = dict(name=name, pretrained=pretrained, checkpoint_path=checkpoint_path, in_chans=in_chans,
                               img_size=img_size, depth=depth, patch_size=patch_size, drop_path_rate=drop_path_rate,
                               freeze_batchnorm_stats=freeze_batchnorm_stats, seed=seed,
-                              decoder_channels=decoder_channels, gradient_checkpointing=gradient_checkpointing)
+                              decoder_channels=decoder_channels, embed_dim=embed_dim, num_heads=num_heads,
+                              window_size=window_size, input_size=input_size,
+                              gradient_checkpointing=gradient_checkpointing)
         self.gradient_checkpointing = gradient_checkpointing
         kwargs = _create_options(name, pretrained, checkpoint_path, in_chans, img_size, depth, patch_size,
-                                 drop_path_rate)
+                                 drop_path_rate, dict(embed_dim=embed_dim, num_heads=num_heads, window_size=window_size))
         model = _create_model(name, pretrained or checkpoint_path is not None, checkpoint_path, seed, kwargs)
         self.model = model
         self.embed_dim = model.num_features
         self.freeze_batchnorm_stats = freeze_batchnorm_stats
         self._set_family(model, name)
+        self._set_input_size(model, input_size)
         if gradient_checkpointing and not self.token_sequence:  # timm's forward runs these blocks, not ours
             model.set_grad_checkpointing(True)
 
@@ -118,7 +131,12 @@ class TimmBackbone(Backbone):
             self.num_prefix_tokens = model.num_prefix_tokens
             self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
             self._block_names = [f"model.blocks.{i}" for i in range(len(model.blocks))]
-            self.input_size = tuple(model.patch_embed.img_size)  # segmentation crops and windows
+            self.preset_notes = QV_NOTE
+        elif isinstance(model, VisionTransformerSAM):
+            # SAM's blocks run on [B, H, W, C] maps with windowed and global attention: timm's forward runs them
+            self.family, self.token_sequence = "sam", False
+            self.target_presets, self.adapter_sites, self.preset_notes = TRANSFORMER_PRESETS, TRANSFORMER_SITES, QV_NOTE
+            self._block_names = [f"model.blocks.{i}" for i in range(len(model.blocks))]
         elif isinstance(model, SwinTransformer):
             self.family, self.token_sequence = "swin", False
             self.target_presets, self.adapter_sites = TRANSFORMER_PRESETS, TRANSFORMER_SITES
@@ -132,7 +150,21 @@ class TimmBackbone(Backbone):
                                  for b in range(len(getattr(model, f"layer{s}")))]
         else:
             raise ValueError(f"timm model {name!r} ({type(model).__name__}) is not supported yet; "
-                             f"supported families: ViT / DeiT, Swin, ResNet")
+                             f"supported families: ViT / DeiT, SAM, Swin, ResNet")
+
+    def _set_input_size(self, model: nn.Module, input_size: int | None) -> None:
+        """``input_size``: the segmentation crops and windows. ViT: its ``img_size`` (timm's patch embedding
+        takes no other). SAM: ``input_size`` if given (timm resamples SAM's position embedding and relative
+        positions to it, so weights built at 1024 take 512 px inputs, as SAMed does), else ``img_size``."""
+        if input_size is not None and self.family != "sam":
+            raise ValueError(f"input_size applies to SAM encoders only; {self.init_args['name']} ({self.family}) "
+                             f"takes its img_size")
+        if self.family in ("vit", "sam"):
+            patch = model.patch_embed.patch_size[0]
+            size = (input_size, input_size) if input_size is not None else tuple(model.patch_embed.img_size)
+            if any(s % patch for s in size):
+                raise ValueError(f"input_size {list(size)} must be a multiple of the patch size {patch}")
+            self.input_size = size
 
     @property
     def name(self) -> str:
@@ -147,8 +179,13 @@ class TimmBackbone(Backbone):
 
     def segmentation_head(self, num_classes: int) -> nn.Module:
         """The 2D segmentation decoder, a new seeded module (the task head, see
-        :mod:`peftlab_medical.backbones.timm_decoders`): SETR-PUP for ViT / DeiT."""
+        :mod:`peftlab_medical.backbones.timm_decoders`): SETR-PUP for ViT / DeiT, SAM's mask-decoder
+        upscaling over the neck for SAM."""
         m, seed = self.model, self.init_args["seed"] + 1
+        if self.family == "sam":
+            patch = m.patch_embed.patch_size[0]
+            grid = tuple(s // patch for s in self.input_size)
+            return seeded(lambda: SAMUpscalingDecoder(self.embed_dim, grid, patch, num_classes), seed)
         if self.family == "vit":
             patch = m.patch_embed.patch_size
             if patch[0] != patch[1]:
@@ -156,7 +193,7 @@ class TimmBackbone(Backbone):
             return seeded(lambda: ProgressiveUpsamplingDecoder(
                 self.embed_dim, m.patch_embed.grid_size, patch[0], self.num_prefix_tokens, num_classes,
                 self.init_args["decoder_channels"]), seed)
-        raise ValueError(f"{self.name}: timm segmentation decoders exist for ViT / DeiT, not {self.family} "
+        raise ValueError(f"{self.name}: timm segmentation decoders exist for ViT / DeiT and SAM, not {self.family} "
                          f"(for a Swin encoder use peftlab_medical.MonaiSwinUNETRBackbone)")
 
     def block_names(self) -> list[str]:
@@ -199,9 +236,17 @@ class TimmBackbone(Backbone):
 
 
 def _create_options(name: str, pretrained: bool, checkpoint_path: str | None, in_chans: int, img_size: int | None,
-                    depth: int | None, patch_size: int | None, drop_path_rate: float) -> dict[str, Any]:
-    """The keyword arguments of ``timm.create_model`` for :class:`TimmBackbone`'s options (checked)."""
+                    depth: int | None, patch_size: int | None, drop_path_rate: float,
+                    shape: dict[str, int | None]) -> dict[str, Any]:
+    """The keyword arguments of ``timm.create_model`` for :class:`TimmBackbone`'s options (checked);
+    ``shape``: architecture sizes (``embed_dim``, ``num_heads``, ``window_size``) for random-init models."""
     kwargs: dict[str, Any] = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
+    for key, value in shape.items():
+        if value is not None:
+            if pretrained and checkpoint_path is None:
+                raise ValueError(f"{key} only applies to random-init models or local checkpoints of that shape "
+                                 f"(hub weights fix it)")
+            kwargs[key] = value
     if img_size is not None and not name.startswith("resnet"):
         kwargs["img_size"] = img_size
     if depth is not None:

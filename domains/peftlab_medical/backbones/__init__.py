@@ -1,6 +1,7 @@
 """The medical domain's backbones, one module per library family:
 
-    timm_models     timm image models: ViT / DeiT, Swin, ResNet (:class:`TimmBackbone`)
+    timm_models     timm image models: ViT / DeiT, SAM, Swin, ResNet (:class:`TimmBackbone`)
+    timm_decoders   their 2D segmentation heads: SETR-PUP (ViT / DeiT), a light decoder over SAM's neck
     monai_networks  MONAI segmentation networks: UNETR (:class:`MonaiUNETRBackbone`, its decoder the head)
     monai_swin      MONAI's SwinUNETR, 2D or 3D (:class:`MonaiSwinUNETRBackbone`, its decoder the head)
 

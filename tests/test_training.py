@@ -289,6 +289,7 @@ def test_every_yaml_is_covered_by_a_cli_test():
     covered |= {f"medical/{b}" for b in segmentation_backbone_configs()} | {"medical/data/msd_hippocampus.yaml",
                                                                               "medical/data/image_masks.yaml",
                                                                               "medical/data/dicom_series.yaml"}
+    covered |= {f"medical/{b}" for b in image_segmentation_configs()}  # run on image + mask pairs above
     covered |= {f"speech/{b}" for b in speech_backbone_configs()} | {f"speech/data/{d}" for d in SPEECH_DATA}
     covered |= {f"paper/{p.name}" for p in (CONFIGS / "paper").glob("*.yaml")}  # dry-run and parse-checked in tests/test_sweep.py
     found = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}

@@ -28,9 +28,9 @@ from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
 from peftlab.backbone import Backbone, Features
-from peftlab_medical.backbones.timm_decoders import ProgressiveUpsamplingDecoder, SAMUpscalingDecoder, seeded
 from peftlab.hub import hf_cache_dir, hf_offline_when_unreachable, weights_unavailable
 from peftlab.persistence.safe_load import refusing_unsafe_pickles
+from peftlab_medical.backbones.timm_decoders import ProgressiveUpsamplingDecoder, SAMUpscalingDecoder, seeded
 
 TRANSFORMER_PRESETS = {
     "attention": ("attn.qkv", "attn.proj"),

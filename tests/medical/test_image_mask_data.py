@@ -18,6 +18,8 @@ from peftlab.data import DataError
 from peftlab_medical import MonaiSwinUNETRBackbone
 from peftlab_medical.data import ImageMaskDataModule
 
+from tests.medical.segmentation_checks import fit_and_validate_dice
+
 SIZE = 48
 
 
@@ -130,9 +132,5 @@ def test_a_tiny_swin_unetr_learns_bright_squares_above_the_all_background_baseli
     backbone = MonaiSwinUNETRBackbone(img_size=[64, 64], feature_size=12, depths=[1, 1, 1, 1], window_size=4)
     model = PeftModule(backbone, build_method("full"), task_type="segmentation", num_outputs=2,
                        label_names=module.label_names, lr=3e-3, task_options={"hd95": False})
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=module)
-    dice = trainer.validate(model, datamodule=module, verbose=False)[0]["val/dice"]
+    dice = fit_and_validate_dice(model, module, tmp_path, epochs=2)
     assert dice > 0.3, dice  # all-background: 0

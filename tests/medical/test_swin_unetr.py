@@ -12,10 +12,9 @@ from monai.networks.nets import SwinUNETR
 
 from peftlab import PeftModule, build_method
 from peftlab.errors import CheckpointFileError
-from peftlab.model.loading import load_adapter
-from peftlab.persistence.adapter import save_adapter
 from peftlab_medical import MonaiSwinUNETRBackbone
 
+from tests.medical.segmentation_checks import check_adapter_round_trip_and_windows
 from tests.medical.test_segmentation import write_bundle
 
 TINY_3D = dict(img_size=[32, 32, 32], feature_size=12, depths=[1, 1, 1, 1], window_size=4, norm_name="batch")
@@ -67,15 +66,7 @@ def test_segmentation_adapter_round_trip_and_sliding_windows(tmp_path):
     in windows of img_size (the training forward takes only multiples of 32)."""
     module = PeftModule(tiny(TINY_2D), build_method("lora", r=2), task_type="segmentation", num_outputs=3,
                         task_options={"overlap": 0.25})
-    with torch.no_grad():
-        for p in (*module.head.parameters(), *(p for p in module.backbone.parameters() if p.requires_grad)):
-            p.add_(0.01 * torch.randn_like(p))
-    save_adapter(module, tmp_path / "adapter")
-    back = load_adapter(tmp_path / "adapter").eval()
-    x = {"images": torch.randn(1, 1, 64, 64)}
-    with torch.no_grad():
-        assert torch.equal(back(x), module.eval()(x))
-        assert module.task.infer(module, {"images": torch.randn(1, 1, 70, 50)}).shape == (1, 3, 70, 50)
+    check_adapter_round_trip_and_windows(module, tmp_path, (1, 1, 64, 64))
 
 
 def _bundle(tmp_path, wrap: str | None, shape: dict = TINY_3D, out: int = 3):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from peftlab import PeftModule, build_method
-from peftlab.model.loading import load_adapter
-from peftlab.persistence.adapter import save_adapter
 from peftlab_medical import TimmBackbone
+
+from tests.medical.segmentation_checks import check_adapter_round_trip_and_windows, fit_and_validate_dice
 from tests.medical.test_image_mask_data import data, pairs_folder
 
 # vit_tiny: 192 wide, 3 heads; 8 px patches over 32 px images: a 4 x 4 grid, 3 upsampling stages
@@ -95,15 +95,7 @@ def test_sam_takes_another_input_size_than_its_weights_were_built_for():
 @pytest.mark.parametrize("build", [tiny_vit, tiny_sam])
 def test_segmentation_adapter_round_trip_and_sliding_windows(tmp_path, build):
     module = PeftModule(build(), build_method("lora", r=2), task_type="segmentation", num_outputs=3)
-    with torch.no_grad():
-        for p in (*module.head.parameters(), *(p for p in module.backbone.parameters() if p.requires_grad)):
-            p.add_(0.01 * torch.randn_like(p))
-    save_adapter(module, tmp_path / "adapter")
-    back = load_adapter(tmp_path / "adapter").eval()
-    x = {"images": torch.randn(2, 1, 32, 32)}
-    with torch.no_grad():
-        assert torch.equal(back(x), module.eval()(x))
-        assert module.task.infer(module, {"images": torch.randn(1, 1, 70, 50)}).shape == (1, 3, 70, 50)
+    check_adapter_round_trip_and_windows(module, tmp_path, (2, 1, 32, 32))
 
 
 def test_families_without_a_timm_decoder_are_refused():
@@ -124,11 +116,7 @@ def test_a_tiny_encoder_learns_bright_squares_above_the_all_background_baseline(
     L.seed_everything(0)
     model = PeftModule(build(), build_method("full"), task_type="segmentation", num_outputs=2,
                        label_names=module.label_names, lr=3e-3, task_options={"hd95": False, "nsd": False})
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=module)
-    dice = trainer.validate(model, datamodule=module, verbose=False)[0]["val/dice"]
+    dice = fit_and_validate_dice(model, module, tmp_path, epochs=3)
     assert dice > 0.3, dice  # all-background: 0
 
 

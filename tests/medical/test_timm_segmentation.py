@@ -104,19 +104,24 @@ def test_families_without_a_timm_decoder_are_refused():
                    num_outputs=2)
 
 
-@pytest.mark.parametrize("build", [tiny_vit])  # the tiny SAM stays at Dice 0 in this budget (not yet studied)
-def test_a_tiny_encoder_learns_bright_squares_above_the_all_background_baseline(tmp_path, build):
+@pytest.mark.parametrize("build, method, lr, epochs", [(tiny_vit, "full", 3e-3, 3), (tiny_sam, "lora", 3e-3, 12)])
+def test_a_tiny_encoder_learns_bright_squares_above_the_all_background_baseline(tmp_path, build, method, lr, epochs):
     """Baselines (the squares of test_image_mask_data): all-background scores foreground Dice 0,
     all-foreground about 0.15. Setup: 30 images of 48 x 48, 32 x 32 crops (half centred on a square),
-    the tiny ViT (8 px patches) with SETR-PUP, full fine-tuning, lr 3e-3, 3 epochs of 3 batches of 8;
-    validation Dice on 6 held-out whole images in sliding windows. Measured here: 0.68 (with the decoder
-    blind to the tokens, multiplied by 0: 0.14, the all-foreground level); the test asks for 0.3."""
+    batches of 8 (3 per epoch); validation Dice on 6 held-out whole images in sliding windows.
+    * The tiny ViT (8 px patches) with SETR-PUP, full fine-tuning, lr 3e-3, 3 epochs: 0.68 (with the decoder
+      blind to the tokens, multiplied by 0: 0.14, the all-foreground level).
+    * The tiny SAM (8 px patches, 256-channel neck) with its upscaling decoder, LoRA r 8 on qkv and proj,
+      lr 3e-3, 12 epochs: 0.85 (lr 1e-2: 0.88). It needs more steps than the ViT: its decoder has no batch
+      norm, and it predicts all background (Dice 0) for the first epochs; full fine-tuning at lr 3e-3
+      collapses to all background (the 256 x 256 x 3 x 3 neck conv), at 1e-3 it reaches 0.68 in 8 epochs.
+    The test asks for 0.3."""
     module = data(pairs_folder(tmp_path, n=24 + 6), crop_size=[32, 32], val_fraction=0.2, test_fraction=0.0,
                   batch_size=8, pos_fraction=0.5, augment=False)
     L.seed_everything(0)
-    model = PeftModule(build(), build_method("full"), task_type="segmentation", num_outputs=2,
-                       label_names=module.label_names, lr=3e-3, task_options={"hd95": False, "nsd": False})
-    dice = fit_and_validate_dice(model, module, tmp_path, epochs=3)
+    model = PeftModule(build(), build_method(method), task_type="segmentation", num_outputs=2,
+                       label_names=module.label_names, lr=lr, task_options={"hd95": False, "nsd": False})
+    dice = fit_and_validate_dice(model, module, tmp_path, epochs=epochs)
     assert dice > 0.3, dice  # all-background: 0
 
 

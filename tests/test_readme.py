@@ -60,6 +60,7 @@ PARSE = {  # a text in the command -> what it needs that this machine cannot hav
     "--setup melo": "the published ViT-B/16 weights (timm, from the Hugging Face Hub)",
     "--setup chen2022_hubert_adapters": "the HuBERT base weights (torchaudio) and the Speech Commands download",
     "chen2022_hubert_asr": "the HuBERT base weights (torchaudio) and the LibriSpeech download (60 GB)",
+    "samed_synapse": "SAM ViT-B's weights (timm, from the Hugging Face Hub) and Synapse (registration on synapse.org)",
 }
 
 

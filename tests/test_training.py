@@ -170,7 +170,7 @@ def test_smoke_cli_fast_dev_run_every_segmentation_backbone_config_on_an_msd_fol
 @pytest.mark.parametrize("backbone_yaml", image_segmentation_configs())
 def test_smoke_cli_fast_dev_run_every_image_segmentation_config_on_image_mask_pairs(backbone_yaml, tmp_path):
     # configs that name published weights run with a tiny random-init encoder of the same family at 32 px
-    from tests.medical.test_image_mask_data import pairs_folder
+    from tests.medical.test_image_mask_data import npz_slices, pairs_folder
 
     text = (CONFIGS / "medical" / backbone_yaml).read_text()
     extra = [] if "method:" in text else cfg("methods/lora.yaml")
@@ -180,8 +180,11 @@ def test_smoke_cli_fast_dev_run_every_image_segmentation_config_on_image_mask_pa
     if "samvit" in text:
         shrink += ["--model.backbone.init_args.input_size=null", "--model.backbone.init_args.embed_dim=32",
                    "--model.backbone.init_args.num_heads=2", "--model.backbone.init_args.window_size=2"]
+    # SAMed's setup reads Synapse as TransUNet's .npz slices, split by scan (data_cards/synapse.md)
+    data = ([f"--data.path={npz_slices(tmp_path, n=12, cases=4)}", r"--data.split_by=(case\d+)_slice\d+"]
+            if "samed" in backbone_yaml else [f"--data.path={pairs_folder(tmp_path, n=6)}"])
     main(["fit", *cfg(f"medical/{backbone_yaml}"), *extra, *cfg("medical/data/image_masks.yaml"),
-          f"--data.path={pairs_folder(tmp_path, n=6)}", *shrink, "--data.val_fraction=0.2",
+          *data, *shrink, "--data.val_fraction=0.2",
           "--data.test_fraction=0.2", "--data.cache=false", *FAST, f"--trainer.default_root_dir={tmp_path}"])
 
 

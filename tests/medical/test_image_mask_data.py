@@ -1,5 +1,5 @@
-"""2D image + mask pairs (ImageMaskDataModule): a folder of images/ and masks/ or a CSV manifest of
-PNG files written here; crops and augmentation on the train split only, whole images elsewhere;
+"""2D image + mask pairs (ImageMaskDataModule): a folder of images/ and masks/, a CSV manifest of
+PNG files, or a folder of .npz slices (TransUNet's Synapse layout) written here; crops and augmentation on the train split only, whole images elsewhere;
 located errors for a missing mask, an unreadable file, image and mask of different sizes and mask
 values outside the declared classes; and a tiny 2D SwinUNETR that learns bright squares."""
 
@@ -91,6 +91,63 @@ def test_a_csv_manifest_with_splits_and_white_on_black_masks(tmp_path):
     assert torch.equal(val["labels"][0, 0], torch.as_tensor(square(4)[1], dtype=torch.long))
     with pytest.raises(DataError, match=r"case\d.png, record case\d: label values \[255\] are outside .* 0..1"):
         first_batch(data(manifest))  # 0/255 masks without mask_values
+
+
+def npz_slices(tmp_path: Path, n: int = 6, cases: int = 1) -> Path:
+    """TransUNet's train_npz layout (SAMed's training data): one file per slice with float32 ``image`` in
+    [0, 1] (CT clipped to [-125, 275] HU and scaled) and float32 ``label`` holding organ indices."""
+    root = tmp_path / "train_npz"
+    root.mkdir()
+    for i in range(n):
+        image, mask = square(i)
+        np.savez(root / f"case{5 + i % cases:04d}_slice{i:03d}.npz", image=image.astype(np.float32) / 255,
+                 label=mask.astype(np.float32))
+    return root
+
+
+def test_a_folder_of_npz_slices_pairs_each_slice_with_its_own_label(tmp_path):
+    root = npz_slices(tmp_path)
+    module = data(root, val_fraction=0.0, test_fraction=0.5, augment=False)
+    module.setup("test")
+    assert module.split_sizes() == {"train": 3, "val": 0, "test": 3}
+    batch = next(iter(module.test_dataloader()))
+    assert batch["images"].shape == (3, 1, SIZE, SIZE)
+    for k, case in enumerate(batch["ids"]):
+        image, mask = square(int(case[-3:]))
+        expected = (image - image.min()) / float(image.max() - image.min())  # min-max of image / 255
+        torch.testing.assert_close(batch["images"][k, 0], torch.as_tensor(expected, dtype=torch.float32))
+        assert torch.equal(batch["labels"][k, 0], torch.as_tensor(mask, dtype=torch.long))
+    np.savez(root / "case0005_slice001.npz", image=np.zeros((SIZE, SIZE), np.float32))
+    with pytest.raises(DataError, match=r"slice001.npz, record case0005_slice001: an .npz slice needs 'image' and "
+                                        r"'label' arrays .* it has \['image'\], not \['label'\]"):
+        first_batch(data(root, val_fraction=0.0, test_fraction=0.0))
+    (root / "case0005_slice001.npz").write_bytes(b"PK not really")
+    with pytest.raises(DataError, match=r"slice001.npz, record case0005_slice001: unreadable .npz slice"):
+        first_batch(data(root, val_fraction=0.0, test_fraction=0.0))
+    np.savez(root / "case0005_slice001.npz", image=np.zeros((SIZE, SIZE), np.float32) + np.eye(SIZE, dtype=np.float32),
+             label=np.full((SIZE, SIZE), 9, np.float32))
+    with pytest.raises(DataError, match=r"slice001.npz, record case0005_slice001: label values \[9\] are outside"):
+        first_batch(data(root, val_fraction=0.0, test_fraction=0.0))
+
+
+def test_split_by_keeps_the_slices_of_one_scan_in_one_split(tmp_path):
+    root = npz_slices(tmp_path, n=30, cases=10)  # case0005 ... case0014, 3 slices each
+    split_file = tmp_path / "split.json"
+    module = data(root, split_by=r"(case\d+)_slice\d+", val_fraction=0.2, test_fraction=0.2, split_file=str(split_file))
+    module.setup("fit")
+    assert module.split_sizes() == {"train": 18, "val": 6, "test": 6}  # 6 / 2 / 2 cases of 3 slices
+    case_of = {s: {r["id"].split("_")[0] for r in module.splits[s]} for s in ("train", "val", "test")}
+    assert sum(map(len, case_of.values())) == 10 and not (case_of["train"] & (case_of["val"] | case_of["test"]))
+    import json
+    assert sorted(json.loads(split_file.read_text())["test"]) == sorted(case_of["test"])  # cases are recorded
+    # without it, a scan's slices land in several splits (the leak split_by prevents)
+    plain = data(root, val_fraction=0.2, test_fraction=0.2)
+    plain.setup("fit")
+    assert {r["id"].split("_")[0] for r in plain.splits["train"]} & {r["id"].split("_")[0] for r in plain.splits["test"]}
+    with pytest.raises(DataError, match=r"record case0005_slice000: the image id does not match split_by"):
+        data(root, split_by=r"(scan\d+)_\d+").setup("fit")
+    with pytest.raises(ValueError, match="has no group"):
+        data(root, split_by=r"case\d+")
 
 
 def first_batch(module: ImageMaskDataModule) -> None:

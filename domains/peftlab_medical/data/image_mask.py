@@ -1,9 +1,11 @@
 """Image + mask pairs for ``task_type: segmentation`` (2D by default; 3D NIfTI pairs with a 3-size ``crop_size``).
 
-Two layouts:
+Three layouts:
 
 * a folder with ``images/`` and ``masks/``, a mask having its image's name (any supported suffix:
   ``images/case1.png`` <-> ``masks/case1.png`` or ``masks/case1.nii.gz``);
+* a folder of ``.npz`` files, each one 2D slice holding an ``image`` and a ``label`` array (the layout
+  TransUNet's preprocessed Synapse ``train_npz/`` ships in, which SAMed trains on: ``case0005_slice060.npz``);
 * a CSV manifest with ``image`` and ``mask`` columns (paths relative to the CSV's folder), optionally
   ``split`` (train / val / test; else the seeded split) and an id column.
 
@@ -24,6 +26,7 @@ the declared classes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,32 @@ def read_image_mask_folder(root: str | Path) -> list[dict[str, Any]]:
     return [{"id": cid, "image": str(images[cid]), "label": str(masks[cid]), "split": None} for cid in images]
 
 
+def read_npz_slices(root: str | Path) -> list[dict[str, Any]]:
+    """``{"id", "image", "label", "split": None}`` for every ``.npz`` slice of ``root`` (image and label are
+    the same file; :class:`LoadImageMaskd` reads its ``image`` and ``label`` arrays)."""
+    root, ids = Path(root), UniqueIds(root)
+    files = [f for f in sorted(root.iterdir()) if f.is_file() and f.suffix.lower() == ".npz"]
+    return [{"id": ids.add(f.stem, f.name), "image": str(f), "label": str(f), "split": None} for f in files]
+
+
+def read_npz_pair(file: str, cid: str) -> tuple[Any, Any]:
+    """The ``image`` and ``label`` arrays of one ``.npz`` slice (our own reader: MONAI's ``NumpyReader``
+    reads one array per file, not a pair)."""
+    import numpy as np
+
+    try:
+        with np.load(file, allow_pickle=False) as arrays:
+            missing = [k for k in ("image", "label") if k not in arrays.files]
+            if missing:
+                raise DataError(file, cid, f"an .npz slice needs 'image' and 'label' arrays (TransUNet's train_npz "
+                                           f"layout); it has {sorted(arrays.files)}, not {missing}")
+            return arrays["image"], arrays["label"]
+    except DataError:
+        raise
+    except Exception as e:  # a truncated or non-zip file, a pickled object array
+        raise DataError(file, cid, f"unreadable .npz slice: {type(e).__name__}: {e}") from None
+
+
 def read_image_mask_csv(path: str | Path, image_column: str = "image", mask_column: str = "mask",
                         id_column: str | None = None) -> list[dict[str, Any]]:
     """The pairs a CSV manifest lists (the row checks of :func:`read_image_csv`, the mask file checked as
@@ -100,11 +129,17 @@ class LoadImageMaskd(MapTransform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d, cid = dict(data), data["id"]
         d["image_file"], d["label_file"] = data["image"], data["label"]
-        d["image"] = self.images({"image": data["image"], "id": cid})["image"]
+        image, mask = data["image"], data["label"]
+        if str(image).lower().endswith(".npz"):  # one file holds both arrays
+            image, mask = read_npz_pair(image, cid)
         try:
-            mask = self.masks({"image": data["label"], "id": cid})["image"]
+            d["image"] = self.images({"image": image, "id": cid})["image"]
         except DataError as e:
-            raise DataError(e.path, e.record, f"mask: {e.problem}") from None
+            raise DataError(data["image"], e.record, e.problem) from None
+        try:
+            mask = self.masks({"image": mask, "id": cid})["image"]
+        except DataError as e:
+            raise DataError(data["label"], e.record, f"mask: {e.problem}") from None
         if mask.shape[0] == 3 and torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2]):
             mask = mask[:1]  # a gray mask saved as RGB
         if mask.shape[0] != 1:
@@ -130,7 +165,7 @@ class ImageMaskDataModule(MSDDataModule):
     """Image + mask pairs from a folder (``images/``, ``masks/``) or a CSV manifest (see the module docstring).
 
     Args:
-        path: the folder holding ``images/`` and ``masks/``, or the CSV manifest.
+        path: the folder holding ``images/`` and ``masks/``, a folder of ``.npz`` slices, or the CSV manifest.
         image_column, mask_column, id_column: the manifest's columns (ids default to the image names).
         label_names: the class names, background first; or give ``num_classes`` (names
             ``background``, ``class1``, ...). A mask value outside them is a located error.
@@ -140,6 +175,10 @@ class ImageMaskDataModule(MSDDataModule):
         channels: ``None`` keeps the images' channels; 1 refuses RGB images; 3 repeats gray ones.
         crop_size: the training crops (the network's ``img_size``: 2 sizes, or 3 for NIfTI volumes).
         samples_per_image: training crops drawn per image and epoch.
+        split_by: a regular expression whose first group is the case an image belongs to, for 2D slices
+            of 3D scans (``"(.+)_slice\\d+"`` for ``case0005_slice060``): the seeded split then splits cases,
+            never putting slices of one scan into two splits (``split_file`` records case ids). ``None``:
+            every image is its own case.
         pos_fraction, intensity, augment, split_file, cache, batch_size: as :class:`MSDDataModule`'s.
 
     Splits: a manifest's ``split`` column, else the seeded split (``seed``, ``val_fraction``,
@@ -150,25 +189,47 @@ class ImageMaskDataModule(MSDDataModule):
                  id_column: str | None = None, label_names: list[str] | None = None, num_classes: int | None = None,
                  mask_values: list[float] | None = None, channels: int | None = None,
                  crop_size: list[int] = (64, 64), samples_per_image: int = 1, pos_fraction: float = 0.5,
-                 intensity: str = "minmax", augment: bool = True, split_file: str | None = None, cache: bool = True,
-                 batch_size: int = 8, **kwargs: Any) -> None:
+                 intensity: str = "minmax", augment: bool = True, split_file: str | None = None,
+                 split_by: str | None = None, cache: bool = True, batch_size: int = 8, **kwargs: Any) -> None:
         super().__init__(root=path, crop_size=crop_size, samples_per_volume=samples_per_image,
                          pos_fraction=pos_fraction, intensity=intensity, augment=augment, split_file=split_file,
                          cache=cache, batch_size=batch_size, **kwargs)
         self.classes = _declared_classes(label_names, num_classes, mask_values)
         self.columns = (image_column, mask_column, id_column)
         self.mask_values, self.channels = mask_values, channels
+        self.split_by = re.compile(split_by) if split_by else None
+        if self.split_by is not None and self.split_by.groups < 1:
+            raise ValueError(f"split_by {split_by!r} has no group: its first group must capture the case name")
 
     def load_data(self) -> LoadedData:
-        pairs = (read_image_mask_csv(self.root, *self.columns) if self.root.is_file()
-                 else read_image_mask_folder(self.root))
+        if self.root.is_file():
+            pairs = read_image_mask_csv(self.root, *self.columns)
+        elif self.root.is_dir() and not (self.root / "images").is_dir() and any(self.root.glob("*.npz")):
+            pairs = read_npz_slices(self.root)
+        else:
+            pairs = read_image_mask_folder(self.root)
         if any(p["split"] is not None for p in pairs):
             splits = {s: [p for p in pairs if p["split"] == s] for s in ("train", "val", "test")}
         else:
             by_id = {p["id"]: p for p in pairs}
-            splits = {s: [by_id[i] for i in ids] for s, ids in self._split_ids(list(by_id)).items()}
+            cases = self._cases(by_id)
+            splits = {s: [by_id[i] for case in split for i in cases[case]]
+                      for s, split in self._split_ids(list(cases)).items()}
         names = self.classes
         return LoadedData(splits, LabelVocabulary(len(names), names, {n: i for i, n in enumerate(names)}))
+
+    def _cases(self, by_id: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+        """Case -> its image ids (each image its own case without ``split_by``)."""
+        if self.split_by is None:
+            return {i: [i] for i in by_id}
+        cases: dict[str, list[str]] = {}
+        for i, pair in by_id.items():
+            match = self.split_by.fullmatch(i)
+            if match is None:
+                raise DataError(pair["image"], i, f"the image id does not match split_by {self.split_by.pattern!r}, "
+                                                  f"which names the case each image belongs to")
+            cases.setdefault(match.group(1), []).append(i)
+        return cases
 
     def load_transforms(self) -> list[Any]:
         return [LoadImageMaskd(len(self.crop_size), self.channels, self.mask_values), CheckCased(self.num_outputs)]

@@ -142,3 +142,26 @@ def test_the_samed_setup_composes_with_the_papers_recipe(tmp_path, capsys):
         <= model["backbone"]["init_args"].items()
     assert model["method"]["init_args"]["r"] == 4 and model["method"]["init_args"]["targets"] == "qkv"
     assert model["task_options"]["lambda_dice"] == 0.8 and model["task_options"]["lambda_other"] == 0.2
+
+
+def test_an_original_sam_checkpoint_file_loads_through_checkpoint_path(tmp_path):
+    """SAM's own checkpoint format (sam_vit_b_01ec64.pth: the whole SAM, the image encoder under
+    ``image_encoder.`` with ``mlp.lin1`` / ``lin2``, beside ``prompt_encoder.`` and ``mask_decoder.``),
+    written here from a random tiny SAM, loads through ``checkpoint_path`` (timm's SAM filter keeps the
+    encoder): the same features as the model it came from; with ``in_chans: 1`` timm sums the RGB
+    patch filters (a gray slice = the slice repeated 3 times, as SAMed feeds CT)."""
+    source = tiny_sam(in_chans=3, seed=7).eval()
+    encoder = {k: v for k, v in source.model.state_dict().items() if not k.startswith("head.")}
+    sam = {"image_encoder." + k.replace("mlp.fc", "mlp.lin"): v for k, v in encoder.items()}
+    sam |= {"prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": torch.randn(2, 128),
+            "mask_decoder.iou_token.weight": torch.randn(1, 256)}
+    assert any(".mlp.lin1." in k for k in sam)
+    torch.save(sam, tmp_path / "sam_vit_tiny.pth")
+    loaded = tiny_sam(in_chans=3, seed=0, checkpoint_path=str(tmp_path / "sam_vit_tiny.pth")).eval()
+    x = {"images": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        assert torch.equal(loaded(x).hidden, source(x).hidden)
+        gray = tiny_sam(seed=0, checkpoint_path=str(tmp_path / "sam_vit_tiny.pth")).eval()
+        slice_ = torch.randn(2, 1, 32, 32)
+        torch.testing.assert_close(gray({"images": slice_}).hidden, source({"images": slice_.repeat(1, 3, 1, 1)}).hidden,
+                                   rtol=1e-5, atol=1e-5)

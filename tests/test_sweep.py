@@ -77,7 +77,7 @@ def killed_then_resumed(tmp_path_factory) -> dict:
     with open(tmp / "first.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "sweep", "--config", str(config)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if (output / "results.csv").is_file() and rows_of(output):
                 break
@@ -292,15 +292,19 @@ def _self_killer():
 SelfKiller = _self_killer()
 
 
-@pytest.mark.parametrize("cold", [False, True])
-def test_cells_fork_from_a_warm_worker_and_a_killed_cell_ends_only_itself(tmp_path, cold):
+MODES = {"warm": [], "cold": ["--cold"], "two at once": ["--parallel-cells", "2"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cells_fork_from_a_warm_worker_and_a_killed_cell_ends_only_itself(tmp_path, mode):
     """Warm (default): the cells find peftlab imported; a cell SIGKILLed mid-run is recorded as such
-    and the next cell still runs. ``--cold``: new interpreters, same outcome."""
+    and the next cell still runs. ``--cold``: new interpreters, same outcome; two cells at once: same."""
+    cold = mode == "cold"
     kill = tmp_path / "kill.yaml"
     kill.write_text("trainer:\n  callbacks:\n    - class_path: tests.test_sweep.SelfKiller\n")
     killed = {"name": "killed", "configs": ["configs/methods/lora.yaml", str(kill)]}
     config = write_sweep(tmp_path / "grid.yaml", tmp_path / "out", [killed, PROBE], [0])
-    assert main(["sweep", "--config", str(config), *(["--cold"] if cold else [])]) == 1
+    assert main(["sweep", "--config", str(config), *MODES[mode]]) == 1
     rows = {r["method"]: r for r in rows_of(tmp_path / "out")}
     assert rows["killed"]["status"] == "failed" and "killed by signal SIGKILL" in rows["killed"]["error"]
     assert rows["linear_probe"]["status"] == "ok"
@@ -329,8 +333,8 @@ def _sleeper():
 Sleeper = _sleeper()
 
 
-@pytest.mark.parametrize("cold", [False, True])
-def test_a_cell_past_its_timeout_is_killed_and_recorded(tmp_path, monkeypatch, cold):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cell_past_its_timeout_is_killed_and_recorded(tmp_path, monkeypatch, mode):
     """A hanging cell is killed at ``cell_timeout_s`` (not waited out), recorded as timed out, and gone."""
     pid_file = tmp_path / "cell.pid"
     monkeypatch.setenv("PEFTLAB_TEST_PID_FILE", str(pid_file))
@@ -340,9 +344,63 @@ def test_a_cell_past_its_timeout_is_killed_and_recorded(tmp_path, monkeypatch, c
                          [{"name": "hangs", "configs": ["configs/methods/lora.yaml", str(hang)]}], [0])
     spec = yaml.safe_load(config.read_text())
     config.write_text(yaml.safe_dump({**spec, "cell_timeout_s": 30}, sort_keys=False))
-    assert main(["sweep", "--config", str(config), *(["--cold"] if cold else [])]) == 1
+    assert main(["sweep", "--config", str(config), *MODES[mode]]) == 1
     (row,) = rows_of(tmp_path / "out")
     assert row["status"] == "failed" and row["error"] == "timed out after 30 s (cell_timeout_s)"
     pid = int(pid_file.read_text())  # the cell reached training, then hung until killed
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _rendezvous():
+    import lightning as L
+
+    class Rendezvous(L.Callback):
+        """As training starts, writes its pid into ``PEFTLAB_TEST_RENDEZVOUS`` and waits (up to 60 s) until
+        another cell has written its own: it passes only when two cells train at the same time."""
+
+        def on_train_start(self, trainer, pl_module):
+            import os
+            import time
+            from pathlib import Path
+
+            folder = Path(os.environ["PEFTLAB_TEST_RENDEZVOUS"])
+            (folder / str(os.getpid())).write_text("")
+            deadline = time.monotonic() + 60
+            while len(list(folder.iterdir())) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no other cell trained at the same time")
+                time.sleep(0.1)
+
+    Rendezvous.__module__, Rendezvous.__qualname__ = __name__, "Rendezvous"
+    return Rendezvous
+
+
+Rendezvous = _rendezvous()
+
+
+def test_parallel_cells_run_at_the_same_time_and_record_like_one_after_another(tmp_path, monkeypatch, capsys):
+    """``parallel_cells: 2``: two cells train at once (each waits for the other in a callback, which fails
+    one after another), the third runs when one ends; the rows, statuses and table are as sequential
+    runs write them, and results.md says the cost columns were measured sharing the machine."""
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    monkeypatch.setenv("PEFTLAB_TEST_RENDEZVOUS", str(meet))
+    both = tmp_path / "meet.yaml"
+    both.write_text("trainer:\n  callbacks:\n    - class_path: tests.test_sweep.Rendezvous\n")
+    methods = [{**LORA, "configs": [*LORA["configs"], str(both)]}, {**PROBE, "configs": [*PROBE["configs"], str(both)]},
+               {"name": "bitfit", "configs": ["configs/methods/bitfit.yaml"]}]
+    config = write_sweep(tmp_path / "grid.yaml", tmp_path / "out", methods, [0])
+    spec = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**spec, "parallel_cells": 2}, sort_keys=False))
+    assert main(["sweep", "--config", str(config)]) == 0
+    assert len(list(meet.iterdir())) == 2
+    rows = {r["method"]: r for r in rows_of(tmp_path / "out")}
+    assert sorted(rows) == ["bitfit", "linear_probe", "lora"] and {r["status"] for r in rows.values()} == {"ok"}
+    out = capsys.readouterr().out
+    assert "2 of 2 at once" in out
+    assert "the cells ran 2 at a time, sharing the cores" in (tmp_path / "out" / "results.md").read_text()
+    config.write_text(yaml.safe_dump({**spec, "parallel_cells": 0}, sort_keys=False))
+    with pytest.raises(SystemExit):
+        main(["sweep", "--config", str(config)])
+    assert "parallel_cells must be a whole number >= 1, got 0" in capsys.readouterr().err

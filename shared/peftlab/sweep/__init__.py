@@ -12,6 +12,8 @@ header) has these keys::
     seeds: [0, 1, 2]          # each cell gets --seed_everything SEED ...
     data_seed: true           # ... and --data.init_args.seed SEED (split / batch order / synthetic data)
     cell_timeout_s: null      # optional: a cell running longer is killed and recorded as failed
+    parallel_cells: 1         # optional: cells run at once (executor local; also --parallel-cells); they share
+                              # the cores (peftlab.threads), so their time-per-step columns are measured sharing
     configs: []               # optional: --config files for every cell (e.g. configs/trainer/gpu.yaml)
     overrides: {}             # optional: CLI overrides for every cell, {trainer.max_epochs: 2, ...}
     backbones:                # optional axis, crossed with every task; leave it out when the
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="start every cell as a new Python process that "
                         "imports everything again (the default forks each cell from one warm worker that has "
                         "imported peftlab and the sweep's domains; also PEFTLAB_SWEEP_COLD=1)")
+    parser.add_argument("--parallel-cells", type=int, metavar="N", help="run N cells at once (executor local; "
+                        "default: the YAML's parallel_cells, else 1); each takes cores // N torch threads")
     parser.add_argument("--no-wait", action="store_true", help="executor slurm / submitit_local: submit the "
                         "jobs and exit; the same command later collects the finished cells and resubmits failed ones")
     parser.add_argument("--run-cell", metavar="DIR", help=argparse.SUPPRESS)  # internal: the child process
@@ -120,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
     except SweepConfigError as exc:
         parser.error(str(exc))
+    if ns.parallel_cells is not None:
+        if ns.parallel_cells < 1 or (ns.parallel_cells > 1 and sweep.executor != "local"):
+            parser.error(f"--parallel-cells {ns.parallel_cells}: a whole number >= 1, above 1 for executor local only")
+        sweep.parallel_cells = ns.parallel_cells
     report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None, wait=not ns.no_wait)
     if report.pending:  # --no-wait: the cells are in their jobs
         return 1 if report.failed else 0

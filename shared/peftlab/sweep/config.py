@@ -17,7 +17,7 @@ from peftlab.errors import SweepConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-_TOP_KEYS = {"root", "output", "seeds", "data_seed", "cell_timeout_s", "configs", "overrides",
+_TOP_KEYS = {"root", "output", "seeds", "data_seed", "cell_timeout_s", "parallel_cells", "configs", "overrides",
              "backbones", "tasks", "methods", "exclude", "baseline", "executor", "resources", "search", "tracking"}
 
 #: where the cells run: here, one process each (``local``), or one submitit job per cell or chunk of cells
@@ -84,6 +84,7 @@ class Sweep:
     command_overrides: tuple[tuple[str, Any], ...] = ()  # ``--set KEY=VALUE``: after everything else
     baseline: str | None = None  # the method every other is compared with in results.md
     executor: str = "local"
+    parallel_cells: int = 1  # executor local: how many cells run at once (they share the cores: peftlab.threads)
     resources: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] | None = None  # {"logger": tensorboard | mlflow, "uri": ...}
     search: Any = None  # a peftlab.sweep.search.SearchSpec
@@ -263,6 +264,13 @@ def _run_options(sweep: Sweep, raw: dict[str, Any], where: str) -> None:
     sweep.executor = str(raw.get("executor") or "local")
     if sweep.executor not in EXECUTORS:
         raise SweepConfigError(f"{where}: executor {sweep.executor!r} is not one of {list(EXECUTORS)}")
+    parallel = raw.get("parallel_cells", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise SweepConfigError(f"{where}: parallel_cells must be a whole number >= 1, got {parallel!r}")
+    if parallel > 1 and sweep.executor != "local":
+        raise SweepConfigError(f"{where}: parallel_cells is for executor local; {sweep.executor} runs cells as jobs "
+                               f"(resources.cells_per_job)")
+    sweep.parallel_cells = parallel
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - RESOURCE_KEYS:
         raise SweepConfigError(f"{where}: resources must map some of {sorted(RESOURCE_KEYS)} to values, got "

@@ -84,7 +84,10 @@ def render_markdown(sweep: Sweep, rows: Sequence[dict[str, str]]) -> str:
              "the backbone's parameters. Peak memory: " + (", ".join(kinds) or "-") + " (cpu_peak_rss = the cell "
              "process's peak resident set, in brackets what the cell added: its growth over the warm worker it "
              "forked from, which had imported torch, Lightning, peftlab and the field's libraries (with --cold: "
-             "over its own process after those imports); cuda_max_allocated = torch's CUDA max allocated). Cost columns: means over the seeds.", ""]
+             "over its own process after those imports); cuda_max_allocated = torch's CUDA max allocated). Cost columns: means over the seeds"
+             + (f"; the cells ran {sweep.parallel_cells} at a time, sharing the cores (each took cores // "
+                f"{sweep.parallel_cells} torch threads), so ms/step and samples/s are measured sharing the machine"
+                if sweep.parallel_cells > 1 else "") + ".", ""]
     for task in sweep.tasks:
         task_rows = [r for r in rows if r.get("task") == task.name]
         metrics = sorted({r["primary_metric"] for r in task_rows if r.get("primary_metric")})

@@ -65,8 +65,42 @@ def _launch(cell: Cell, sweep: Sweep, cell_dir: Path, warm: WarmStarter | None =
 
 def run_prepared(sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
     """Run the cell (or search trial) that ``cell_dir/cell.json`` describes; its result."""
-    code = (_run_warm(warm, sweep, cell_dir) if warm is not None else _run_cold(sweep, cell_dir))
+    proc = _start(sweep, cell_dir, warm)
+    try:
+        if isinstance(proc, subprocess.Popen):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=sweep.cell_timeout_s)
+        else:
+            proc.join(sweep.cell_timeout_s)
+    except BaseException:
+        _kill(proc)
+        raise
+    return _ended(proc, cell_dir, sweep)
+
+
+def _start(sweep: Sweep, cell_dir: Path, warm: WarmStarter | None) -> subprocess.Popen | Any:
+    """The cell's process: forked from the warm worker (in its own session), else a new interpreter
+    (``--cold``; its own session too: a Ctrl-C reaches only the sweep, which then stops the cell)."""
+    if warm is not None:
+        return warm.start(cell_dir, sweep.root, cell_dir / CELL_LOG)
+    env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+    command = [sys.executable, "-m", "peftlab.sweep", "--run-cell", str(cell_dir)]
+    with open(cell_dir / CELL_LOG, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=sweep.root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _exit_code(proc: subprocess.Popen | Any) -> int | None:
+    """The process's exit status, None while it runs."""
+    return proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
+
+
+def _ended(proc: subprocess.Popen | Any, cell_dir: Path, sweep: Sweep) -> dict[str, Any]:
+    """The result of a cell whose wait is over: a process still running has timed out and is killed;
+    one that died without writing its result gets an error result."""
+    code = _exit_code(proc)
     if code is None:
+        _kill(proc)
         return {"status": "failed", "error": f"timed out after {sweep.cell_timeout_s:g} s (cell_timeout_s)"}
     result_path = cell_dir / CELL_RESULT
     if result_path.is_file():
@@ -74,38 +108,6 @@ def run_prepared(sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) 
     why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     return {"status": "failed", "error": one_line(f"the cell process {why} without a result; "
                                                   f"last output: {_last_line(cell_dir / CELL_LOG)}")}
-
-
-def _run_cold(sweep: Sweep, cell_dir: Path) -> int | None:
-    """The cell as a new interpreter (``--cold``); its exit status, None when it timed out."""
-    env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
-    command = [sys.executable, "-m", "peftlab.sweep", "--run-cell", str(cell_dir)]
-    with open(cell_dir / CELL_LOG, "wb") as log:
-        # own session: a Ctrl-C reaches only the sweep, which then stops the cell itself
-        proc = subprocess.Popen(command, cwd=sweep.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            return proc.wait(timeout=sweep.cell_timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            return None
-        except BaseException:
-            _kill(proc)
-            raise
-
-
-def _run_warm(warm: WarmStarter, sweep: Sweep, cell_dir: Path) -> int | None:
-    """The cell forked from the warm worker (in its own session); its exit status, None on a timeout."""
-    proc = warm.start(cell_dir, sweep.root, cell_dir / CELL_LOG)
-    try:
-        proc.join(sweep.cell_timeout_s)
-        if proc.exitcode is None:
-            _kill(proc)
-            return None
-    except BaseException:
-        _kill(proc)
-        raise
-    return proc.exitcode
 
 
 def _kill(proc: subprocess.Popen | Any) -> None:
@@ -240,6 +242,9 @@ def _sigterm_interrupts():
 
 def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress, warm: WarmStarter | None) -> None:
     todo = [c for c in cells if progress.state(c) != "done"]
+    if sweep.parallel_cells > 1:
+        _run_cells_at_once(sweep, cells, todo, progress, warm)
+        return
     for k, cell in enumerate(cells, 1):
         if cell not in todo:
             progress.report.skipped.append(cell.dirname)
@@ -254,15 +259,56 @@ def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress, warm: WarmS
         _finished(progress, cell, result, f"[{k}/{len(cells)}]", len(todo) - len(progress.durations))
 
 
+def _run_cells_at_once(sweep: Sweep, cells: list[Cell], todo: list[Cell], progress: _Progress,
+                       warm: WarmStarter | None) -> None:
+    """``parallel_cells`` cells at a time, each its own process as one after another would be (a crash,
+    a timeout or a kill ends that cell only); each records its row as it ends. The cells count each
+    other through :mod:`peftlab.threads` and split the cores between them."""
+    queue: list[tuple[int, Cell]] = []
+    for k, cell in enumerate(cells, 1):
+        if cell in todo:
+            queue.append((k, cell))
+        else:
+            progress.report.skipped.append(cell.dirname)
+            print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
+    running: list[tuple[int, Cell, Any, float]] = []  # (position, cell, process, start)
+    try:
+        while queue or running:
+            while queue and len(running) < sweep.parallel_cells:
+                k, cell = queue.pop(0)
+                print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}, "
+                      f"{len(running) + 1} of {sweep.parallel_cells} at once) ...", flush=True)
+                cell_dir = sweep.output / CELLS_DIR / cell.dirname
+                prepare_cell(cell, sweep, cell_dir)
+                progress.report.launched.append(cell.dirname)
+                running.append((k, cell, _start(sweep, cell_dir, warm), time.perf_counter()))
+            time.sleep(0.1)
+            for item in list(running):
+                k, cell, proc, t0 = item
+                late = sweep.cell_timeout_s is not None and time.perf_counter() - t0 > sweep.cell_timeout_s
+                if _exit_code(proc) is None and not late:
+                    continue
+                running.remove(item)
+                result = _ended(proc, sweep.output / CELLS_DIR / cell.dirname, sweep)
+                progress.durations.append(time.perf_counter() - t0)
+                result["cell_seconds"] = progress.durations[-1]
+                left = len(queue) + len(running)
+                _finished(progress, cell, result, f"[{k}/{len(cells)}]", left, parallel=sweep.parallel_cells)
+    except BaseException:
+        for _, _, proc, _ in running:
+            _kill(proc)
+        raise
+
+
 def _finished(progress: _Progress, cell: Cell, result: dict[str, Any], position: str, left: int,
-              eta: bool = True) -> None:
+              eta: bool = True, parallel: int = 1) -> None:
     """Record a finished cell and print its line: the metric or the error, elapsed time and (one cell
     after another) the ETA."""
     row = progress.record(cell, result)
     what = (f"ok, {row['primary_metric']} = {row['primary_value']:.4f}" if row["status"] == "ok"
             else f"FAILED: {row['error']}")
     took = f" ({progress.durations[-1]:.1f} s)" if progress.durations else ""
-    estimate = left * sum(progress.durations) / max(1, len(progress.durations))
+    estimate = left * sum(progress.durations) / max(1, len(progress.durations)) / parallel
     print(f"{position} {cell.label}: {what}{took} | elapsed {progress.elapsed()}"
           + (f", ETA {_fmt_seconds(estimate)}" if eta else "") + f" ({left} cell(s) left)", flush=True)
 

@@ -196,7 +196,7 @@ class EvaluationRecord(L.Callback):
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else "the in-memory weights (no --ckpt_path)",
             "backbone": pl_module.backbone.name, "method": repr(pl_module.method),
             "data": {"module": type(data).__name__ if data is not None else None,
-                     "source": str(getattr(data, "path", None) or "built in (synthetic)"),
+                     "source": data.data_source() if hasattr(data, "data_source") else None,
                      "split": split, "split_size": sizes.get(split), "examples": int(seen)},
         }
         name = "test_metrics.json" if split == "test" else "validate_metrics.json"

@@ -47,7 +47,7 @@ def fit_and_test(args: list[str] | None = None, title: str = "peftlab run", logg
         "backbone": model.backbone.name, "backbone_config": model.backbone.config(), "method": repr(model.method),
         "task_type": model.task_type, "split_sizes": cli.datamodule.split_sizes(),
         "data": {"module": type(cli.datamodule).__name__,
-                 "source": str(getattr(cli.datamodule, "path", None) or "built in (synthetic)")},
+                 "source": cli.datamodule.data_source()},
         **model.parameter_summary(), **timer.summary(), "fit_seconds": fit_seconds,
         "checkpoint": checkpoint, "test": {k: float(v) for k, v in tested.items()},
         "log_dir": str(run) if cli.trainer.log_dir or cli.run_dir else None,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from peftlab import PeftModule, build_method
-from peftlab.callbacks import PredictionCSVWriter
+from peftlab.callbacks import EvaluationRecord, PredictionCSVWriter
 from peftlab.errors import DataError
 from peftlab_medical import MonaiUNETRBackbone
 from peftlab_medical.data import MSDDataModule
@@ -144,8 +144,11 @@ def test_predict_writes_a_mask_per_case_with_the_input_affine_and_per_case_score
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine)
         assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
         assert 0.0 <= float(row["dice/background"]) <= 1.0 and 0.0 <= float(row["nsd/background"]) <= 1.0
-    tested = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                       default_root_dir=tmp_path).test(model, datamodule=data, verbose=False)[0]
+    tested = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                       callbacks=[EvaluationRecord()]).test(model, datamodule=data, verbose=False)[0]
+    # the metrics file names the data they were computed on: the task folder (not "built in (synthetic)")
+    record = json.loads((tmp_path / "test_metrics.json").read_text())["data"]
+    assert record["source"] == str(root) and record["module"] == "MSDDataModule" and record["examples"] == 2
     for name in ("Anterior", "Posterior"):  # logged per class name: the mean of the per-case column
         per_case = [float(r[f"nsd/{name}"]) for r in rows]
         assert tested[f"test/nsd_per_class/{name}"] == pytest.approx(np.nanmean(per_case), abs=1e-6)

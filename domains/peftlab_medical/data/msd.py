@@ -202,6 +202,9 @@ class MSDDataModule(PeftDataModule):
         splits = {s: [by_id[i] for i in ids[s]] for s in ("train", "val", "test")}
         return LoadedData(splits, LabelVocabulary(len(names), names, {n: i for i, n in enumerate(names)}))
 
+    def data_source(self) -> str:
+        return str(self.root)  # the task folder, the pairs' folder or manifest, the DICOM manifest
+
     def _split_ids(self, ids: list[str]) -> dict[str, list[str]]:
         """The recorded split (``split_file``) or the seeded one (written to ``split_file`` when given)."""
         path = Path(self.split_file) if self.split_file else None

@@ -218,3 +218,9 @@ class PeftDataModule(L.LightningDataModule):
 
     def split_sizes(self) -> dict[str, int]:
         return {s: len(r) for s, r in self.splits.items()}
+
+    def data_source(self) -> str:
+        """Where the examples come from, for run summaries and metric files: the data path the module
+        reads, else ``built in (synthetic)`` (the modules that generate their data)."""
+        path = getattr(self, "path", None)
+        return str(path) if path else "built in (synthetic)"

@@ -43,6 +43,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/prefix_cache.py
 	$(VENV)/bin/python benchmarks/gradient_checkpointing.py
 	$(VENV)/bin/python benchmarks/esm_attention.py
+	$(VENV)/bin/python benchmarks/demo_sweep.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs build dist

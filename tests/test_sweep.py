@@ -404,3 +404,7 @@ def test_parallel_cells_run_at_the_same_time_and_record_like_one_after_another(t
     with pytest.raises(SystemExit):
         main(["sweep", "--config", str(config)])
     assert "parallel_cells must be a whole number >= 1, got 0" in capsys.readouterr().err
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(SystemExit):
+        main(["sweep", "--config", str(config), "--parallel-cells", "0"])
+    assert "--parallel-cells: parallel_cells must be a whole number >= 1, got 0" in capsys.readouterr().err

@@ -83,7 +83,7 @@ import yaml
 
 from peftlab.errors import SweepConfigError
 from peftlab.sweep.cell import run_cell
-from peftlab.sweep.config import Cell, Entry, Sweep, format_value, load_sweep
+from peftlab.sweep.config import Cell, Entry, Sweep, format_value, load_sweep, set_parallel_cells
 from peftlab.sweep.report import make_plots, pareto_front, render_markdown
 from peftlab.sweep.results import COLUMNS, RESULTS_CSV, read_results, row_key, write_results
 from peftlab.sweep.runner import SweepReport, run_sweep
@@ -122,12 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--config is required")
     try:
         sweep = load_sweep(ns.config, ns.output, overrides=[_key_value(o) for o in ns.overrides])
+        if ns.parallel_cells is not None:
+            set_parallel_cells(sweep, ns.parallel_cells, "--parallel-cells")
     except SweepConfigError as exc:
         parser.error(str(exc))
-    if ns.parallel_cells is not None:
-        if ns.parallel_cells < 1 or (ns.parallel_cells > 1 and sweep.executor != "local"):
-            parser.error(f"--parallel-cells {ns.parallel_cells}: a whole number >= 1, above 1 for executor local only")
-        sweep.parallel_cells = ns.parallel_cells
     report = run_sweep(sweep, dry_run=ns.dry_run, cold=ns.cold or None, wait=not ns.no_wait)
     if report.pending:  # --no-wait: the cells are in their jobs
         return 1 if report.failed else 0

@@ -259,18 +259,23 @@ def load_sweep(path: str | os.PathLike[str], output: str | os.PathLike[str] | No
     return sweep
 
 
-def _run_options(sweep: Sweep, raw: dict[str, Any], where: str) -> None:
-    """``executor``, ``resources``, ``tracking`` and ``search``: how and where the cells run."""
-    sweep.executor = str(raw.get("executor") or "local")
-    if sweep.executor not in EXECUTORS:
-        raise SweepConfigError(f"{where}: executor {sweep.executor!r} is not one of {list(EXECUTORS)}")
-    parallel = raw.get("parallel_cells", 1)
+def set_parallel_cells(sweep: Sweep, parallel: Any, where: str) -> None:
+    """``parallel_cells`` (the YAML's or ``--parallel-cells``): a whole number >= 1, above 1 only for
+    executor local (the job executors group cells with ``resources.cells_per_job``)."""
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise SweepConfigError(f"{where}: parallel_cells must be a whole number >= 1, got {parallel!r}")
     if parallel > 1 and sweep.executor != "local":
         raise SweepConfigError(f"{where}: parallel_cells is for executor local; {sweep.executor} runs cells as jobs "
                                f"(resources.cells_per_job)")
     sweep.parallel_cells = parallel
+
+
+def _run_options(sweep: Sweep, raw: dict[str, Any], where: str) -> None:
+    """``executor``, ``resources``, ``tracking`` and ``search``: how and where the cells run."""
+    sweep.executor = str(raw.get("executor") or "local")
+    if sweep.executor not in EXECUTORS:
+        raise SweepConfigError(f"{where}: executor {sweep.executor!r} is not one of {list(EXECUTORS)}")
+    set_parallel_cells(sweep, raw.get("parallel_cells", 1), where)
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - RESOURCE_KEYS:
         raise SweepConfigError(f"{where}: resources must map some of {sorted(RESOURCE_KEYS)} to values, got "

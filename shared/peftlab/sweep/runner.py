@@ -56,13 +56,6 @@ def prepare_cell(cell: Cell, sweep: Sweep, cell_dir: Path) -> None:
     })
 
 
-def _launch(cell: Cell, sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
-    """Run one cell in its own process (forked from the warm worker, else a new interpreter); return
-    its result (an error result when the process died without writing one)."""
-    prepare_cell(cell, sweep, cell_dir)
-    return run_prepared(sweep, cell_dir, warm)
-
-
 def run_prepared(sweep: Sweep, cell_dir: Path, warm: WarmStarter | None = None) -> dict[str, Any]:
     """Run the cell (or search trial) that ``cell_dir/cell.json`` describes; its result."""
     proc = _start(sweep, cell_dir, warm)
@@ -241,47 +234,28 @@ def _sigterm_interrupts():
 
 
 def _run_cells(sweep: Sweep, cells: list[Cell], progress: _Progress, warm: WarmStarter | None) -> None:
+    """Every cell not yet done, ``parallel_cells`` at a time (one after another by default), each its own
+    process (a crash, a timeout or a kill ends that cell only); each records its row as it ends. Cells
+    running together count each other through :mod:`peftlab.threads` and split the cores between them."""
     todo = [c for c in cells if progress.state(c) != "done"]
-    if sweep.parallel_cells > 1:
-        _run_cells_at_once(sweep, cells, todo, progress, warm)
-        return
-    for k, cell in enumerate(cells, 1):
-        if cell not in todo:
-            progress.report.skipped.append(cell.dirname)
-            print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
-            continue
-        print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}) ...", flush=True)
-        t0 = time.perf_counter()
-        progress.report.launched.append(cell.dirname)
-        result = _launch(cell, sweep, sweep.output / CELLS_DIR / cell.dirname, warm)
-        progress.durations.append(time.perf_counter() - t0)
-        result["cell_seconds"] = progress.durations[-1]  # wall time, process start (or fork) included
-        _finished(progress, cell, result, f"[{k}/{len(cells)}]", len(todo) - len(progress.durations))
-
-
-def _run_cells_at_once(sweep: Sweep, cells: list[Cell], todo: list[Cell], progress: _Progress,
-                       warm: WarmStarter | None) -> None:
-    """``parallel_cells`` cells at a time, each its own process as one after another would be (a crash,
-    a timeout or a kill ends that cell only); each records its row as it ends. The cells count each
-    other through :mod:`peftlab.threads` and split the cores between them."""
-    queue: list[tuple[int, Cell]] = []
-    for k, cell in enumerate(cells, 1):
-        if cell in todo:
-            queue.append((k, cell))
-        else:
-            progress.report.skipped.append(cell.dirname)
-            print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
+    queue = list(enumerate(cells, 1))
     running: list[tuple[int, Cell, Any, float]] = []  # (position, cell, process, start)
+    at_once = sweep.parallel_cells
     try:
         while queue or running:
-            while queue and len(running) < sweep.parallel_cells:
+            while queue and len(running) < at_once:
                 k, cell = queue.pop(0)
-                print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}, "
-                      f"{len(running) + 1} of {sweep.parallel_cells} at once) ...", flush=True)
+                if cell not in todo:
+                    progress.report.skipped.append(cell.dirname)
+                    print(f"[{k}/{len(cells)}] {cell.label}: ok in {RESULTS_CSV}, skipped", flush=True)
+                    continue
+                together = f", {len(running) + 1} of {at_once} at once" if at_once > 1 else ""
+                print(f"[{k}/{len(cells)}] {cell.label}: running ({progress.state(cell)}{together}) ...", flush=True)
+                t0 = time.perf_counter()
                 cell_dir = sweep.output / CELLS_DIR / cell.dirname
                 prepare_cell(cell, sweep, cell_dir)
                 progress.report.launched.append(cell.dirname)
-                running.append((k, cell, _start(sweep, cell_dir, warm), time.perf_counter()))
+                running.append((k, cell, _start(sweep, cell_dir, warm), t0))
             time.sleep(0.1)
             for item in list(running):
                 k, cell, proc, t0 = item
@@ -291,9 +265,9 @@ def _run_cells_at_once(sweep: Sweep, cells: list[Cell], todo: list[Cell], progre
                 running.remove(item)
                 result = _ended(proc, sweep.output / CELLS_DIR / cell.dirname, sweep)
                 progress.durations.append(time.perf_counter() - t0)
-                result["cell_seconds"] = progress.durations[-1]
-                left = len(queue) + len(running)
-                _finished(progress, cell, result, f"[{k}/{len(cells)}]", left, parallel=sweep.parallel_cells)
+                result["cell_seconds"] = progress.durations[-1]  # wall time, process start (or fork) included
+                left = len(todo) - len(progress.durations)
+                _finished(progress, cell, result, f"[{k}/{len(cells)}]", left, parallel=at_once)
     except BaseException:
         for _, _, proc, _ in running:
             _kill(proc)

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import MapTransform
 
@@ -84,8 +85,6 @@ def read_npz_slices(root: str | Path) -> list[dict[str, Any]]:
 def read_npz_pair(file: str, cid: str) -> tuple[Any, Any]:
     """The ``image`` and ``label`` arrays of one ``.npz`` slice (our own reader: MONAI's ``NumpyReader``
     reads one array per file, not a pair)."""
-    import numpy as np
-
     try:
         with np.load(file, allow_pickle=False) as arrays:
             missing = [k for k in ("image", "label") if k not in arrays.files]
